@@ -1,0 +1,203 @@
+//! The `moments` table: one row per uploaded video, from upload to ready (or failed).
+//! Ingest creates rows, transcode moves them along, the API reads them — always scoped to the
+//! owning user, so another user's moment is indistinguishable from a missing one.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::db::{Db, Error};
+use crate::ids::now_ms;
+
+/// Where a moment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Bytes are still arriving.
+    Uploading,
+    /// Upload complete; waiting for a transcode worker.
+    Queued,
+    /// A worker is making the ladder.
+    Transcoding,
+    /// The ladder is published.
+    Ready,
+    /// Could not be made; `error` says why.
+    Failed,
+}
+
+impl State {
+    /// The text stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Uploading => "uploading",
+            State::Queued => "queued",
+            State::Transcoding => "transcoding",
+            State::Ready => "ready",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "uploading" => State::Uploading,
+            "queued" => State::Queued,
+            "transcoding" => State::Transcoding,
+            "ready" => State::Ready,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Ready and failed never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Ready | State::Failed)
+    }
+}
+
+/// One row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Moment {
+    /// Public id.
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Life-cycle state.
+    pub state: State,
+    /// 0..1 while transcoding.
+    pub progress: f64,
+    /// Human-readable reason when failed.
+    pub error: Option<String>,
+    /// Object key of the uploaded source.
+    pub source_key: Option<String>,
+    /// Published renditions (JSON written by the packager).
+    pub renditions: serde_json::Value,
+    /// Creation time (ms since epoch).
+    pub created_at: i64,
+    /// Last change (ms since epoch).
+    pub updated_at: i64,
+}
+
+macro_rules! columns {
+    () => {
+        "id, user_id, state, progress, error, source_key, renditions, created_at, updated_at"
+    };
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<Moment, Error> {
+    let state: String = row.try_get("state")?;
+    let renditions: String = row.try_get("renditions")?;
+    Ok(Moment {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        state: State::parse(&state).ok_or_else(|| {
+            Error::Sql(sqlx::Error::Decode(
+                format!("unknown moment state {state:?}").into(),
+            ))
+        })?,
+        progress: row.try_get("progress")?,
+        error: row.try_get("error")?,
+        source_key: row.try_get("source_key")?,
+        renditions: serde_json::from_str(&renditions).unwrap_or(serde_json::Value::Null),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Inserts a new moment.
+pub async fn create(
+    db: &Db,
+    id: &str,
+    user_id: &str,
+    state: State,
+    source_key: Option<&str>,
+) -> Result<Moment, Error> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO moments (id, user_id, state, progress, source_key, created_at, updated_at) \
+         VALUES ($1, $2, $3, 0, $4, $5, $5)",
+    )
+    .bind(id)
+    .bind(user_id)
+    .bind(state.as_str())
+    .bind(source_key)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(Moment {
+        id: id.to_string(),
+        user_id: user_id.to_string(),
+        state,
+        progress: 0.0,
+        error: None,
+        source_key: source_key.map(str::to_string),
+        renditions: serde_json::json!([]),
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// The moment with this id, whoever owns it (for workers).
+pub async fn get(db: &Db, id: &str) -> Result<Option<Moment>, Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM moments WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The moment with this id if `user_id` owns it; `None` for a missing or foreign one.
+pub async fn get_for_user(db: &Db, id: &str, user_id: &str) -> Result<Option<Moment>, Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM moments WHERE id = $1 AND user_id = $2"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Moves a moment to `state` (with `error` for failures). Returns false when no row changed,
+/// which includes trying to move a moment that is already final.
+pub async fn set_state(
+    db: &Db,
+    id: &str,
+    state: State,
+    error: Option<&str>,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE moments SET state = $1, error = $2, updated_at = $3, \
+         progress = CASE WHEN $1 = 'ready' THEN 1 \
+                         WHEN $1 IN ('queued', 'uploading') THEN 0 ELSE progress END \
+         WHERE id = $4 AND state NOT IN ('ready', 'failed')",
+    )
+    .bind(state.as_str())
+    .bind(error)
+    .bind(now_ms())
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Records transcode progress (clamped to 0..1).
+pub async fn set_progress(db: &Db, id: &str, progress: f64) -> Result<(), Error> {
+    let p = if progress.is_finite() {
+        progress.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    sqlx::query("UPDATE moments SET progress = $1, updated_at = $2 WHERE id = $3")
+        .bind(p)
+        .bind(now_ms())
+        .bind(id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}

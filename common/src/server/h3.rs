@@ -1,0 +1,197 @@
+//! HTTP/3: a quinn endpoint whose requests are handed to the same axum `Router` that serves
+//! HTTP/1.1 and HTTP/2. Request bodies stream in from the QUIC stream as they arrive (an upload
+//! is never buffered whole), response bodies stream out frame by frame.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use bytes::{Buf, Bytes};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::Error;
+use super::tls::{Identity, server_config};
+
+/// Transport settings tuned for uploads from phones: generous flow-control windows so one
+/// stream can fill a high bandwidth-delay path, keep-alives so an idle upload is not dropped
+/// by NAT boxes, and an idle timeout that frees a dead client's state.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .unwrap_or(quinn::VarInt::from_u32(30_000).into()),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    t.stream_receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(64));
+    t
+}
+
+/// Binds the QUIC endpoint (UDP), with a clear message when the port is taken.
+pub fn bind(addr: SocketAddr, identity: &Identity) -> Result<quinn::Endpoint, Error> {
+    let tls = server_config(identity)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| Error::Tls(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    quinn::Endpoint::server(cfg, addr).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            Error::AddrInUse {
+                proto: "UDP",
+                addr,
+                var: "MOMENTS_QUIC_ADDR",
+            }
+        } else {
+            Error::Bind {
+                proto: "UDP",
+                addr,
+                source,
+            }
+        }
+    })
+}
+
+/// Serves `router` over HTTP/3 on `endpoint` until `shutdown`, then sends GOAWAY, waits up to
+/// `grace` for in-flight requests and closes the endpoint.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = connection(incoming, router, shutdown).await {
+                tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
+            }
+        });
+    }
+    endpoint.set_server_config(None);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("HTTP/3: in-flight requests still open after {grace:?}; closing them");
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let conn = incoming.await?;
+    let remote = conn.remote_address();
+    let mut h3conn: h3::server::Connection<h3_quinn::Connection, Bytes> = h3::server::builder()
+        .build(h3_quinn::Connection::new(conn))
+        .await?;
+    let requests = TaskTracker::new();
+    loop {
+        tokio::select! {
+            accepted = h3conn.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let router = router.clone();
+                    requests.spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => {
+                                if let Err(e) = request(req, stream, router).await {
+                                    tracing::debug!(%remote, error = %e, "HTTP/3 request failed");
+                                }
+                            }
+                            Err(e) => tracing::debug!(%remote, error = %e, "bad HTTP/3 request"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(%remote, error = %e, "HTTP/3 connection error");
+                    }
+                    break;
+                }
+            },
+            _ = shutdown.cancelled() => {
+                // GOAWAY: no new requests; the ones already accepted run to the end.
+                let _ = h3conn.shutdown(0).await;
+                break;
+            }
+        }
+    }
+    requests.close();
+    requests.wait().await;
+    Ok(())
+}
+
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+async fn request(
+    req: http::Request<()>,
+    stream: Stream,
+    router: Router,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (mut send, recv) = stream.split();
+    let body = futures::stream::try_unfold(recv, |mut recv| async move {
+        match recv.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                let bytes = chunk.copy_to_bytes(chunk.remaining());
+                Ok(Some((bytes, recv)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                e.to_string(),
+            )),
+        }
+    });
+    let (mut parts, ()) = req.into_parts();
+    parts.version = http::Version::HTTP_3;
+    let req = http::Request::from_parts(parts, Body::from_stream(body));
+
+    let resp = router.oneshot(req).await?;
+    let (mut parts, mut body) = resp.into_parts();
+    // Connection-specific headers are forbidden in HTTP/3 (RFC 9114 §4.2).
+    for h in [
+        http::header::CONNECTION,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::HeaderName::from_static("keep-alive"),
+        http::HeaderName::from_static("proxy-connection"),
+    ] {
+        parts.headers.remove(h);
+    }
+    send.send_response(http::Response::from_parts(parts, ()))
+        .await?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(data) => {
+                if !data.is_empty() {
+                    send.send_data(data).await?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Serving one axum `Router` over every transport: HTTP/1.1 and HTTP/2 (hyper) on TCP, and
+//! HTTP/3 (quinn + h3) on UDP. Handlers are written once and never know which transport
+//! carried the request. Both listeners shut down gracefully: they stop accepting, let
+//! in-flight requests finish (up to a deadline), then return.
+
+pub mod h3;
+pub mod tls;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// `[http]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address for HTTP/1.1 and HTTP/2.
+    pub addr: SocketAddr,
+    /// How long shutdown waits for in-flight requests (seconds).
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[quic]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// UDP address for HTTP/3.
+    pub addr: SocketAddr,
+    /// PEM certificate chain; unset: a self-signed certificate made under `$DATA/tls`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            cert: None,
+            key: None,
+        }
+    }
+}
+
+/// Serving errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address is taken by another process.
+    #[error(
+        "cannot listen on {proto} {addr}: the address is already in use (is another `moments` running? choose another with {var})"
+    )]
+    AddrInUse {
+        /// `TCP` or `UDP`.
+        proto: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The variable that moves it.
+        var: &'static str,
+    },
+    /// Any other bind failure.
+    #[error("cannot listen on {proto} {addr}: {source}")]
+    Bind {
+        /// `TCP` or `UDP`.
+        proto: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Certificate or key trouble.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Binds the HTTP listener, with a clear message when the port is taken.
+pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            Error::AddrInUse {
+                proto: "TCP",
+                addr,
+                var: "MOMENTS_HTTP_ADDR",
+            }
+        } else {
+            Error::Bind {
+                proto: "TCP",
+                addr,
+                source,
+            }
+        }
+    })
+}
+
+/// Serves `router` over HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) until `shutdown`, then
+/// waits up to `grace` for in-flight requests.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let signal = shutdown.clone();
+    let server = axum::serve(listener, router.into_make_service())
+        .with_graceful_shutdown(async move { signal.cancelled().await });
+    with_deadline(server.into_future(), shutdown, grace, "HTTP").await
+}
+
+/// Runs `fut` to completion, but gives up `grace` after `shutdown` fires (long-lived streams
+/// such as Server-Sent Events must not hold the process forever).
+pub(crate) async fn with_deadline<F>(
+    fut: F,
+    shutdown: CancellationToken,
+    grace: Duration,
+    what: &str,
+) -> std::io::Result<()>
+where
+    F: Future<Output = std::io::Result<()>>,
+{
+    tokio::pin!(fut);
+    tokio::select! {
+        r = &mut fut => return r,
+        _ = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, fut).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("{what}: in-flight requests still open after {grace:?}; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,229 @@
+//! Test helpers (feature `testing`): fresh PostgreSQL databases and a real S3-compatible server
+//! (`s3s-fs`) on loopback. Nothing here is a mock: tests talk to the real services.
+//!
+//! PostgreSQL: `MOMENTS_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`) names a
+//! server where we may create databases. When none is reachable the PostgreSQL half of a test is
+//! skipped with a printed notice — unless `MOMENTS_TEST_REQUIRE_PG=1` (set by the project's test
+//! script), which turns the skip into a failure so CI can never pass without really running it.
+//!
+//! S3: `s3s-fs` from `PATH` or `~/.cargo/bin` (installed by `deploy/install-test-tools.sh`).
+
+#![allow(clippy::expect_used)] // test support: failing loudly is the point
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+use crate::db::Db;
+use crate::store::s3::{Options, S3};
+
+/// The PostgreSQL server tests use.
+pub fn pg_admin_url() -> String {
+    std::env::var("MOMENTS_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A database created for one test and dropped afterwards.
+pub struct PgTestDb {
+    /// URL of the fresh database.
+    pub url: String,
+    name: String,
+    admin: String,
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs outside any runtime guarantee; use a private one on a helper thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut c)
+                        .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Creates a fresh PostgreSQL database, or `None` (after printing why) when no server is
+/// reachable and `MOMENTS_TEST_REQUIRE_PG` is not set.
+pub async fn fresh_pg() -> Option<PgTestDb> {
+    let admin = pg_admin_url();
+    let required = std::env::var("MOMENTS_TEST_REQUIRE_PG").is_ok_and(|v| v == "1");
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            if required {
+                panic!(
+                    "PostgreSQL at {admin} is required (MOMENTS_TEST_REQUIRE_PG=1) but not reachable: {e}"
+                );
+            }
+            eprintln!(
+                "NOTICE: skipping the PostgreSQL half of this test: {admin} not reachable ({e})"
+            );
+            return None;
+        }
+    };
+    let name = format!("moments_t_{}", crate::ids::new_id());
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+    {
+        panic!("cannot create test database on {admin}: {e}");
+    }
+    let base = match admin.rfind('/') {
+        Some(i) if i > "postgres://".len() => &admin[..i],
+        _ => admin.as_str(),
+    };
+    Some(PgTestDb {
+        url: format!("{base}/{name}"),
+        name,
+        admin,
+    })
+}
+
+/// A fresh SQLite database in a temporary directory.
+pub async fn fresh_sqlite() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let db = Db::connect(&url, 4).await.expect("open sqlite");
+    (dir, db)
+}
+
+/// Runs `f` against a fresh SQLite database and, when reachable, a fresh PostgreSQL one.
+pub async fn on_both<F, Fut>(f: F)
+where
+    F: Fn(Db) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (_dir, db) = fresh_sqlite().await;
+    f(db.clone()).await;
+    db.close().await;
+    if let Some(pg) = fresh_pg().await {
+        let db = Db::connect(&pg.url, 8).await.expect("open postgres");
+        f(db.clone()).await;
+        db.close().await;
+    }
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Where `s3s-fs` is, if installed.
+pub fn s3s_fs_binary() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("s3s-fs"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(PathBuf::from(home).join(".cargo/bin/s3s-fs"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// A real S3-compatible server (`s3s-fs`) on a free loopback port, serving a temporary
+/// directory; killed when dropped.
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// Access key.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start() -> S3Server {
+        let bin = s3s_fs_binary().unwrap_or_else(|| {
+            panic!("s3s-fs is not installed: run deploy/install-test-tools.sh (cargo install s3s-fs@0.14.1 --features binary --locked)")
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (access_key, secret_key) = (
+            "moments-test".to_string(),
+            "moments-test-secret".to_string(),
+        );
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn s3s-fs");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken in the meantime; try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        access_key,
+                        secret_key,
+                        child,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    /// A store on a new bucket of this server (created here).
+    pub async fn store(&self, bucket: &str, prefix: &str, part_size: u64) -> S3 {
+        let s3 = S3::connect(Options {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: Some(self.endpoint.clone()),
+            region: "us-east-1".to_string(),
+            path_style: true,
+            part_size,
+            credentials: Some((self.access_key.clone(), self.secret_key.clone())),
+        })
+        .await
+        .expect("S3 client");
+        s3.client()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        s3
+    }
+}
