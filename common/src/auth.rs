@@ -263,6 +263,90 @@ where
     }
 }
 
+/// How long a ticket stays valid.
+pub const TICKET_TTL_MS: i64 = 60_000;
+
+/// Issues a single-use ticket for `user`, valid for [`TICKET_TTL_MS`]. Browsers cannot put
+/// headers on EventSource or WebSocket connections; they pass `?ticket=T` instead of the JWT
+/// (which must never appear in a URL). Only the ticket's SHA-256 is stored.
+pub async fn issue_ticket(db: &crate::db::Db, user: &str) -> Result<String, crate::db::Error> {
+    use base64::Engine;
+    let raw: [u8; 32] = rand::random();
+    let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let now = crate::ids::now_ms();
+    sqlx::query("DELETE FROM tickets WHERE expires_at < $1")
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    sqlx::query("INSERT INTO tickets (hash, user_id, expires_at) VALUES ($1, $2, $3)")
+        .bind(ticket_hash(&ticket))
+        .bind(user)
+        .bind(now + TICKET_TTL_MS)
+        .execute(db.pool())
+        .await?;
+    Ok(ticket)
+}
+
+/// Redeems a ticket: returns its user once, if it has not expired; never again.
+pub async fn redeem_ticket(
+    db: &crate::db::Db,
+    ticket: &str,
+) -> Result<Option<String>, crate::db::Error> {
+    if ticket.is_empty() || ticket.len() > 128 {
+        return Ok(None);
+    }
+    let user: Option<String> = sqlx::query_scalar(
+        "DELETE FROM tickets WHERE hash = $1 AND expires_at >= $2 RETURNING user_id",
+    )
+    .bind(ticket_hash(ticket))
+    .bind(crate::ids::now_ms())
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(user)
+}
+
+fn ticket_hash(ticket: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(ticket.as_bytes()))
+}
+
+/// The user of a streaming request (EventSource, WebSocket): the `Authorization` header when
+/// present, else a single-use `?ticket=`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamUser(pub String);
+
+impl<S> FromRequestParts<S> for StreamUser
+where
+    Arc<Auth>: FromRef<S>,
+    crate::db::Db: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.headers.contains_key(http::header::AUTHORIZATION) {
+            let auth = Arc::<Auth>::from_ref(state);
+            return Ok(StreamUser(auth.user_from_headers(&parts.headers)?));
+        }
+        let ticket = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("ticket="));
+        let Some(ticket) = ticket else {
+            return Err(Error::Missing.into());
+        };
+        let db = crate::db::Db::from_ref(state);
+        match redeem_ticket(&db, ticket).await? {
+            Some(user) => Ok(StreamUser(user)),
+            None => Err(ApiError::unauthorized(
+                "invalid ticket: unknown, expired or already used",
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod metrics;
 pub mod moment;
 pub mod ops;
+pub mod queue;
 pub mod server;
 pub mod store;
 #[cfg(feature = "testing")]
