@@ -126,7 +126,7 @@ async fn retries_back_off_then_dead_letter_keeps_the_error() {
                 let Outcome::Retry { after_ms } = outcome else {
                     panic!("{outcome:?}")
                 };
-                assert!(after_ms >= 20 && after_ms <= 200, "{after_ms}");
+                assert!((20..=200).contains(&after_ms), "{after_ms}");
                 // not claimable before its backoff ends
                 let rec = queue.get(&id).await.unwrap().unwrap();
                 assert_eq!(rec.state, "queued");
