@@ -3,3 +3,5 @@
 //!
 //! Position in the data flow: beside the video path; reads a moment's poster, writes
 //! transcripts and user memory. (Built by the asr-tts issue; nothing lives here yet.)
+
+#![forbid(unsafe_code)]

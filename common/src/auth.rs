@@ -305,6 +305,40 @@ pub async fn redeem_ticket(
     Ok(user)
 }
 
+/// State for [`tickets_router`].
+#[derive(Clone)]
+pub struct TicketState {
+    /// Where tickets are kept.
+    pub db: crate::db::Db,
+    /// Token verifier.
+    pub auth: Arc<Auth>,
+}
+
+impl FromRef<TicketState> for Arc<Auth> {
+    fn from_ref(s: &TicketState) -> Self {
+        s.auth.clone()
+    }
+}
+
+/// `POST /v1/tickets`: an authenticated client gets a single-use ticket (valid 60 s) to open an
+/// EventSource or WebSocket with `?ticket=`.
+pub fn tickets_router(state: TicketState) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/tickets", axum::routing::post(post_ticket))
+        .with_state(state)
+}
+
+async fn post_ticket(
+    axum::extract::State(s): axum::extract::State<TicketState>,
+    User(user): User,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let ticket = issue_ticket(&s.db, &user).await?;
+    Ok(axum::Json(serde_json::json!({
+        "ticket": ticket,
+        "expires_in": TICKET_TTL_MS / 1000,
+    })))
+}
+
 fn ticket_hash(ticket: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(ticket.as_bytes()))

@@ -6,6 +6,8 @@
 //! asr-tts} → `common`. It must never know about media, uploads or speech — only the plumbing
 //! those rooms share.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -186,6 +186,34 @@ pub async fn set_state(
     Ok(done.rows_affected() > 0)
 }
 
+/// Marks a moment ready with what was published (a JSON object written by the packager).
+/// False when the moment was already final (a second completion publishes nothing new).
+pub async fn set_ready(db: &Db, id: &str, published: &serde_json::Value) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE moments SET state = 'ready', progress = 1, error = NULL, renditions = $1, \
+         updated_at = $2 WHERE id = $3 AND state NOT IN ('ready', 'failed')",
+    )
+    .bind(published.to_string())
+    .bind(now_ms())
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The job kind that turns an uploaded moment into its ladder.
+pub const TRANSCODE_KIND: &str = "transcode";
+
+/// The transcode job for a moment (one per moment: enqueueing twice is a no-op).
+pub fn transcode_job(moment_id: &str) -> crate::queue::NewJob {
+    crate::queue::NewJob {
+        kind: TRANSCODE_KIND.to_string(),
+        payload: serde_json::json!({ "moment": moment_id }),
+        dedup_key: Some(format!("{TRANSCODE_KIND}:{moment_id}")),
+        max_attempts: None,
+    }
+}
+
 /// Records transcode progress (clamped to 0..1).
 pub async fn set_progress(db: &Db, id: &str, progress: f64) -> Result<(), Error> {
     let p = if progress.is_finite() {

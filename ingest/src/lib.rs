@@ -4,3 +4,5 @@
 //!
 //! Position in the data flow: phone → **ingest** → transcode queue. It must never decode media.
 //! (Built by the Ingest issue; nothing lives here yet.)
+
+#![forbid(unsafe_code)]

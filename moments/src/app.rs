@@ -1,7 +1,9 @@
 //! Wiring: builds each service from the config and serves them together. No business logic
-//! lives here — only construction order, listeners and shutdown.
+//! lives here — only construction order, roles, listeners and shutdown.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +12,56 @@ use axum::Router;
 use common::auth::Auth;
 use common::db::Db;
 use common::metrics::Metrics;
+use common::queue::{Queue, QueueMetrics};
 use common::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+
+/// What one process does. `moments serve` runs every role; scale-out splits them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// The HTTP API: moment status, tickets, the HLS origin.
+    Api,
+    /// Uploads (and the QUIC listener).
+    Ingest,
+    /// Queue workers (transcoding, summaries).
+    Worker,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s.trim() {
+            "api" => Ok(Role::Api),
+            "ingest" => Ok(Role::Ingest),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!(
+                "unknown role {other:?} (roles: api, ingest, worker)"
+            )),
+        }
+    }
+}
+
+/// Parses `api,ingest`.
+pub fn parse_roles(s: &str) -> Result<BTreeSet<Role>, String> {
+    let roles = s
+        .split(',')
+        .filter(|r| !r.trim().is_empty())
+        .map(Role::from_str)
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if roles.is_empty() {
+        return Err("no roles given (roles: api, ingest, worker)".into());
+    }
+    Ok(roles)
+}
+
+/// Every role.
+pub fn all_roles() -> BTreeSet<Role> {
+    [Role::Api, Role::Ingest, Role::Worker]
+        .into_iter()
+        .collect()
+}
 
 /// The shared services every room is built from.
 #[derive(Clone)]
@@ -28,6 +76,8 @@ pub struct Services {
     pub auth: Arc<Auth>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The durable job queue.
+    pub queue: Queue,
 }
 
 impl Services {
@@ -41,28 +91,66 @@ impl Services {
         let store = common::store::open(&config.storage, &config.data_dir).await?;
         let auth = Arc::new(Auth::from_config(&config.auth, &config.data_dir)?);
         let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
+        let queue = Queue::new(db.clone(), config.queue.clone());
         Ok(Services {
             config: Arc::new(config),
             db,
             store,
             auth,
             metrics,
+            queue,
         })
     }
 
-    /// Every route of the service, with request metrics on all of them.
-    pub fn router(&self) -> Router {
-        let ops = common::ops::router(common::ops::OpsState {
+    /// The routes of `roles`, always with the ops routes, with request metrics on all.
+    pub fn router(&self, roles: &BTreeSet<Role>) -> Router {
+        let mut router = Router::new().merge(common::ops::router(common::ops::OpsState {
             db: self.db.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
-        });
-        Router::new()
-            .merge(ops)
-            .layer(axum::middleware::from_fn_with_state(
-                self.metrics.clone(),
-                common::metrics::track,
-            ))
+        }));
+        if roles.contains(&Role::Api) {
+            router = router
+                .merge(common::auth::tickets_router(common::auth::TicketState {
+                    db: self.db.clone(),
+                    auth: self.auth.clone(),
+                }))
+                .merge(transcode::api::router(transcode::api::ApiState {
+                    db: self.db.clone(),
+                    auth: self.auth.clone(),
+                    public_base_url: self.config.packager.public_base_url.clone(),
+                }))
+                .merge(packager::origin::router(packager::origin::OriginState {
+                    store: self.store.clone(),
+                    db: self.db.clone(),
+                }));
+        }
+        router.layer(axum::middleware::from_fn_with_state(
+            self.metrics.clone(),
+            common::metrics::track,
+        ))
+    }
+
+    /// Runs the queue workers until `shutdown`.
+    pub fn spawn_workers(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let qm = QueueMetrics::register(&self.metrics);
+        let tm = transcode::job::TranscodeMetrics::register(&self.metrics);
+        let transcoder = transcode::job::Transcoder::new(
+            self.db.clone(),
+            self.store.clone(),
+            self.config.transcode.clone(),
+            self.config.packager.clone(),
+            Some(tm),
+        );
+        let handlers = vec![transcode::job::handler(transcoder)];
+        tokio::spawn(common::queue::run_workers(
+            self.queue.clone(),
+            handlers,
+            self.config.transcode.workers,
+            "worker",
+            Some(qm),
+            shutdown,
+        ))
     }
 }
 
@@ -70,12 +158,14 @@ impl Services {
 pub struct Running {
     /// HTTP/1.1 + HTTP/2 address.
     pub http_addr: SocketAddr,
-    /// HTTP/3 address.
-    pub quic_addr: SocketAddr,
+    /// HTTP/3 address, when this process listens for QUIC.
+    pub quic_addr: Option<SocketAddr>,
     /// SHA-256 of the QUIC certificate.
-    pub cert_sha256: String,
+    pub cert_sha256: Option<String>,
     /// The services (tests reach the database and store through them).
     pub services: Services,
+    /// The roles this process runs.
+    pub roles: BTreeSet<Role>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -98,49 +188,70 @@ impl Running {
     }
 }
 
-/// Opens everything, binds both listeners and starts serving in the background.
-pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let identity = match (&config.quic.cert, &config.quic.key) {
-        (Some(cert), Some(key)) => common::server::tls::load(cert, key)?,
-        (None, None) => common::server::tls::ensure_self_signed(&config.data_dir)?,
-        _ => anyhow::bail!("config keys `quic.cert` and `quic.key` must be set together"),
+/// Opens everything, binds the listeners the roles need and starts serving in the background.
+pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Running> {
+    let quic = roles.contains(&Role::Api) || roles.contains(&Role::Ingest);
+    let identity = if quic {
+        Some(match (&config.quic.cert, &config.quic.key) {
+            (Some(cert), Some(key)) => common::server::tls::load(cert, key)?,
+            (None, None) => common::server::tls::ensure_self_signed(&config.data_dir)?,
+            _ => anyhow::bail!("config keys `quic.cert` and `quic.key` must be set together"),
+        })
+    } else {
+        None
     };
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let listener = common::server::bind_http(config.http.addr).await?;
-    let endpoint = common::server::h3::bind(config.quic.addr, &identity)?;
+    let endpoint = match &identity {
+        Some(id) => Some(common::server::h3::bind(config.quic.addr, id)?),
+        None => None,
+    };
     let http_addr = listener.local_addr()?;
-    let quic_addr = endpoint.local_addr()?;
+    let quic_addr = match &endpoint {
+        Some(e) => Some(e.local_addr()?),
+        None => None,
+    };
 
     let services = Services::open(config).await?;
-    let router = services.router();
+    let router = services.router(&roles);
     let shutdown = CancellationToken::new();
 
     tracing::info!(
         %http_addr,
-        %quic_addr,
+        quic_addr = ?quic_addr,
+        roles = ?roles,
         database = %common::db::redact(&services.config.database_url()),
         storage = %services.store.describe(),
         auth = %services.auth.source,
         "moments is serving"
     );
 
+    let workers = roles
+        .contains(&Role::Worker)
+        .then(|| services.spawn_workers(shutdown.clone()));
     let http = tokio::spawn(common::server::serve_http(
         listener,
         router.clone(),
         shutdown.clone(),
         grace,
     ));
-    let h3 = tokio::spawn(common::server::h3::serve(
-        endpoint,
-        router,
-        shutdown.clone(),
-        grace,
-    ));
+    let h3 = endpoint.map(|ep| {
+        tokio::spawn(common::server::h3::serve(
+            ep,
+            router,
+            shutdown.clone(),
+            grace,
+        ))
+    });
     let db = services.db.clone();
     let task = tokio::spawn(async move {
-        let (a, b) = tokio::join!(http, h3);
-        a??;
-        b??;
+        http.await??;
+        if let Some(h3) = h3 {
+            h3.await??;
+        }
+        if let Some(w) = workers {
+            w.await?;
+        }
         db.close().await;
         tracing::info!("moments stopped");
         Ok(())
@@ -148,8 +259,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         quic_addr,
-        cert_sha256: identity.fingerprint(),
+        cert_sha256: identity.map(|i| i.fingerprint()),
         services,
+        roles,
         shutdown,
         task,
     })

@@ -35,13 +35,24 @@ fn env_help() -> String {
 pub enum Command {
     /// Run everything in one process on embedded defaults (SQLite, ./data, HTTP :8080, QUIC :4433).
     Serve(ServeArgs),
+    /// Run only queue workers (transcoding) against the shared database and storage; serves
+    /// /healthz, /readyz and /metrics on MOMENTS_HTTP_ADDR.
+    Worker(WorkerArgs),
     /// Print a development token signed with the local key under the data dir.
     Token(TokenArgs),
 }
 
 /// `moments serve`.
 #[derive(Debug, Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Run only these roles (comma-separated: api, ingest, worker). Default: all.
+    #[arg(long, value_name = "ROLES")]
+    pub roles: Option<String>,
+}
+
+/// `moments worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {}
 
 /// `moments token`.
 #[derive(Debug, Args)]
@@ -76,20 +87,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     init_logging(&config, cli.log_format);
     match cli.command {
-        Command::Serve(_) => serve(config).await,
+        Command::Serve(args) => {
+            let roles = match &args.roles {
+                Some(r) => crate::app::parse_roles(r).map_err(anyhow::Error::msg)?,
+                None => crate::app::all_roles(),
+            };
+            serve(config, roles).await
+        }
+        Command::Worker(_) => serve(config, [crate::app::Role::Worker].into_iter().collect()).await,
         Command::Token(args) => token(&config, &args),
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    roles: std::collections::BTreeSet<crate::app::Role>,
+) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let running = crate::app::start(config).await?;
+    let running = crate::app::start(config, roles).await?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "moments is serving")?;
+        writeln!(out, "moments is serving (roles: {:?})", running.roles)?;
         writeln!(out, "  HTTP/1.1 + HTTP/2  http://{}", running.http_addr)?;
-        writeln!(out, "  HTTP/3 (QUIC/UDP)  https://{}", running.quic_addr)?;
-        writeln!(out, "  QUIC certificate SHA-256: {}", running.cert_sha256)?;
+        if let (Some(addr), Some(fp)) = (running.quic_addr, &running.cert_sha256) {
+            writeln!(out, "  HTTP/3 (QUIC/UDP)  https://{addr}")?;
+            writeln!(out, "  QUIC certificate SHA-256: {fp}")?;
+        }
         writeln!(out, "  data directory     {}", data_dir.display())?;
         writeln!(out, "  try: curl http://{}/readyz", running.http_addr)?;
         out.flush()?;

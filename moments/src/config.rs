@@ -46,6 +46,12 @@ pub struct Config {
     pub storage: common::store::Config,
     /// Token verification.
     pub auth: common::auth::Config,
+    /// The durable job queue.
+    pub queue: common::queue::Config,
+    /// Transcoding.
+    pub transcode: transcode::Config,
+    /// HLS packaging and publishing.
+    pub packager: packager::Config,
 }
 
 impl Default for Config {
@@ -58,6 +64,9 @@ impl Default for Config {
             database: Default::default(),
             storage: Default::default(),
             auth: Default::default(),
+            queue: Default::default(),
+            transcode: Default::default(),
+            packager: Default::default(),
         }
     }
 }
@@ -105,6 +114,24 @@ pub const ENV: &[EnvVar] = &[
         key: "auth.public_key",
         kind: Kind::Str,
         help: "PEM Ed25519 public key that verifies tokens (default: the dev key under $DATA/keys)",
+    },
+    EnvVar {
+        name: "MOMENTS_PUBLIC_BASE_URL",
+        key: "packager.public_base_url",
+        kind: Kind::Str,
+        help: "base URL players fetch published HLS from (CDN/bucket); unset: the built-in origin",
+    },
+    EnvVar {
+        name: "MOMENTS_X264_PRESET",
+        key: "transcode.x264_preset",
+        kind: Kind::Str,
+        help: "libx264 preset (default veryfast)",
+    },
+    EnvVar {
+        name: "MOMENTS_TRANSCODE_WORKERS",
+        key: "transcode.workers",
+        kind: Kind::Int,
+        help: "transcode jobs run at once per process (default 1)",
     },
     EnvVar {
         name: "MOMENTS_LOG_FORMAT",

@@ -2,6 +2,8 @@
 //! service into one process, and the thin command implementations. Business logic lives in the
 //! member crates; this crate only builds them from config and connects them.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod config;

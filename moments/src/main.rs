@@ -1,5 +1,7 @@
 //! `moments`: parses the command line and hands over to the library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 #[tokio::main]

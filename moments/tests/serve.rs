@@ -308,7 +308,9 @@ async fn readyz_reports_a_broken_store_with_503() {
     };
     config.http.addr = "127.0.0.1:0".parse().unwrap();
     config.quic.addr = "127.0.0.1:0".parse().unwrap();
-    let running = moments::app::start(config).await.unwrap();
+    let running = moments::app::start(config, moments::app::all_roles())
+        .await
+        .unwrap();
     let url = format!("http://{}/readyz", running.http_addr);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
 

@@ -1,6 +1,43 @@
-//! Packager: fMP4/CMAF HLS packaging of encoded renditions, playlist rendering (pure
-//! functions), poster and thumbnails, atomic publishing to object storage (master playlist
-//! last) and the HLS origin for local storage.
+//! Packager: turns each rung's encoded samples into HLS with fMP4 (CMAF) segments, renders the
+//! playlists (pure functions), writes the poster and the thumbnail track, publishes everything
+//! to the object store with the master playlist last, and serves it back as the HLS origin.
 //!
-//! Position in the data flow: transcode → **packager** → players. (Built by the Packager issue;
-//! nothing lives here yet.)
+//! Position in the data flow: transcode → **packager** → players. Its input interface is
+//! [`segmenter::Segmenter`] (encoded H.264 access units and AAC frames per rung, with their
+//! timestamps) feeding a [`publish::Publisher`]. It holds no FFmpeg code: the fMP4 writer is
+//! our own ([`fmp4`]), so segment boundaries and byte offsets are exact and nothing goes
+//! through temporary files.
+
+#![forbid(unsafe_code)]
+
+pub mod avc;
+pub mod fmp4;
+pub mod origin;
+pub mod playlist;
+pub mod publish;
+pub mod segmenter;
+
+use serde::Deserialize;
+
+/// `[packager]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Target segment duration (seconds); keyframes are forced on these boundaries.
+    pub segment_seconds: f64,
+    /// Base URL players use for published objects (a CDN or the bucket's public URL, mapping
+    /// to the store's root). Unset: the built-in origin at `/hls/…`.
+    pub public_base_url: Option<String>,
+    /// Width of scrubbing thumbnails (pixels).
+    pub thumbnail_width: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            segment_seconds: 2.0,
+            public_base_url: None,
+            thumbnail_width: 160,
+        }
+    }
+}

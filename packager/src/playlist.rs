@@ -1,0 +1,295 @@
+//! HLS playlist rendering (RFC 8216, version 7 for fMP4) as pure functions: media playlists,
+//! I-frame-only playlists, the master playlist, and the WebVTT thumbnail track.
+
+use std::fmt::Write;
+
+/// One media segment of a rendition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// URI relative to the playlist.
+    pub uri: String,
+    /// Duration in seconds.
+    pub duration: f64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Bytes from the segment start through the end of its first keyframe.
+    pub keyframe_bytes: u64,
+}
+
+/// `EXT-X-TARGETDURATION`: every `EXTINF` rounded to the nearest integer must not exceed it.
+pub fn target_duration(segments: &[Segment]) -> u64 {
+    segments
+        .iter()
+        .map(|s| (s.duration + 0.5).floor() as u64)
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+fn header(out: &mut String, target: u64) {
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+    );
+}
+
+/// A VOD media playlist.
+pub fn media(init_uri: &str, segments: &[Segment]) -> String {
+    let mut out = String::with_capacity(128 + segments.len() * 40);
+    header(&mut out, target_duration(segments));
+    let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init_uri}\"");
+    for s in segments {
+        let _ = write!(out, "#EXTINF:{:.6},\n{}\n", s.duration, s.uri);
+    }
+    out.push_str("#EXT-X-ENDLIST\n");
+    out
+}
+
+/// An I-frame-only playlist: each entry is the first keyframe of a segment, by byte range.
+pub fn iframes(init_uri: &str, segments: &[Segment]) -> String {
+    let mut out = String::with_capacity(160 + segments.len() * 64);
+    header(&mut out, target_duration(segments));
+    out.push_str("#EXT-X-I-FRAMES-ONLY\n");
+    let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init_uri}\"");
+    for s in segments {
+        let _ = write!(
+            out,
+            "#EXTINF:{:.6},\n#EXT-X-BYTERANGE:{}@0\n{}\n",
+            s.duration, s.keyframe_bytes, s.uri
+        );
+    }
+    out.push_str("#EXT-X-ENDLIST\n");
+    out
+}
+
+/// Peak bit rate of the I-frame playlist (largest keyframe over its segment's duration).
+pub fn iframe_bandwidth(segments: &[Segment]) -> u64 {
+    segments
+        .iter()
+        .filter(|s| s.duration > 0.0)
+        .map(|s| (s.keyframe_bytes as f64 * 8.0 / s.duration).ceil() as u64)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Peak and average bit rates of a rendition, from its segments.
+pub fn bandwidths(segments: &[Segment]) -> (u64, u64) {
+    let peak = segments
+        .iter()
+        .filter(|s| s.duration > 0.0)
+        .map(|s| (s.bytes as f64 * 8.0 / s.duration).ceil() as u64)
+        .max()
+        .unwrap_or(0);
+    let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    let total_secs: f64 = segments.iter().map(|s| s.duration).sum();
+    let avg = if total_secs > 0.0 {
+        (total_bytes as f64 * 8.0 / total_secs).ceil() as u64
+    } else {
+        0
+    };
+    (peak, avg)
+}
+
+/// One rung as the master playlist lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    /// Media playlist URI relative to the master.
+    pub uri: String,
+    /// I-frame playlist URI relative to the master.
+    pub iframe_uri: String,
+    /// Measured peak bit rate (bits/s).
+    pub bandwidth: u64,
+    /// Measured average bit rate (bits/s).
+    pub average_bandwidth: u64,
+    /// I-frame playlist peak bit rate.
+    pub iframe_bandwidth: u64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub frame_rate: f64,
+    /// Video codec string (`avc1.PPCCLL`).
+    pub video_codec: String,
+    /// Audio codec string (`mp4a.40.2`), when the rung has audio.
+    pub audio_codec: Option<String>,
+}
+
+/// The master playlist, variants in ascending bandwidth.
+pub fn master(variants: &[Variant]) -> String {
+    let mut sorted: Vec<&Variant> = variants.iter().collect();
+    sorted.sort_by_key(|v| v.bandwidth);
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in &sorted {
+        let codecs = match &v.audio_codec {
+            Some(a) => format!("{},{a}", v.video_codec),
+            None => v.video_codec.clone(),
+        };
+        let _ = write!(
+            out,
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{codecs}\"\n{}\n",
+            v.bandwidth, v.average_bandwidth, v.width, v.height, v.frame_rate, v.uri
+        );
+    }
+    for v in &sorted {
+        let _ = writeln!(
+            out,
+            "#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH={},RESOLUTION={}x{},CODECS=\"{}\",URI=\"{}\"",
+            v.iframe_bandwidth.max(1),
+            v.width,
+            v.height,
+            v.video_codec,
+            v.iframe_uri
+        );
+    }
+    out
+}
+
+/// One cue of the thumbnail track: a region of a sprite sheet shown for `start..end`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thumbnail {
+    /// Cue start (seconds).
+    pub start: f64,
+    /// Cue end (seconds).
+    pub end: f64,
+    /// Sprite sheet URI relative to the VTT file.
+    pub sprite: String,
+    /// Region within the sprite.
+    pub x: u32,
+    /// Region within the sprite.
+    pub y: u32,
+    /// Region width.
+    pub w: u32,
+    /// Region height.
+    pub h: u32,
+}
+
+fn vtt_time(t: f64) -> String {
+    let ms = (t.max(0.0) * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
+}
+
+/// The WebVTT thumbnail track (`sprite.jpg#xywh=x,y,w,h` cues), as players use for scrubbing.
+pub fn thumbnails_vtt(cues: &[Thumbnail]) -> String {
+    let mut out = String::from("WEBVTT\n\n");
+    for c in cues {
+        let _ = write!(
+            out,
+            "{} --> {}\n{}#xywh={},{},{},{}\n\n",
+            vtt_time(c.start),
+            vtt_time(c.end),
+            c.sprite,
+            c.x,
+            c.y,
+            c.w,
+            c.h
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(durations: &[f64]) -> Vec<Segment> {
+        durations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Segment {
+                uri: format!("seg_{i:05}.m4s"),
+                duration: *d,
+                bytes: (*d * 1_000_000.0) as u64 / 8 * (i as u64 + 1),
+                keyframe_bytes: 20_000,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn media_playlist_is_vod_fmp4() {
+        let p = media("init.mp4", &segs(&[2.0, 2.0, 1.4]));
+        assert_eq!(
+            p,
+            "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"init.mp4\"\n\
+             #EXTINF:2.000000,\nseg_00000.m4s\n#EXTINF:2.000000,\nseg_00001.m4s\n\
+             #EXTINF:1.400000,\nseg_00002.m4s\n#EXT-X-ENDLIST\n"
+        );
+    }
+
+    #[test]
+    fn target_duration_rounds_to_nearest_and_is_never_zero() {
+        assert_eq!(target_duration(&segs(&[2.0, 2.49])), 2);
+        assert_eq!(target_duration(&segs(&[2.0, 2.5])), 3);
+        assert_eq!(target_duration(&segs(&[0.2])), 1);
+        assert_eq!(target_duration(&[]), 1);
+    }
+
+    #[test]
+    fn bandwidths_are_measured() {
+        // segment i has (i+1) Mbit/s
+        let s = segs(&[2.0, 2.0, 2.0]);
+        let (peak, avg) = bandwidths(&s);
+        assert_eq!(peak, 3_000_000);
+        assert_eq!(avg, 2_000_000);
+        assert_eq!(bandwidths(&[]), (0, 0));
+        assert_eq!(iframe_bandwidth(&s), 80_000);
+    }
+
+    #[test]
+    fn iframe_playlist_uses_byte_ranges() {
+        let p = iframes("init.mp4", &segs(&[2.0]));
+        assert!(p.contains("#EXT-X-I-FRAMES-ONLY\n"));
+        assert!(p.contains("#EXT-X-BYTERANGE:20000@0\nseg_00000.m4s\n"));
+    }
+
+    #[test]
+    fn master_lists_codecs_resolution_and_frame_rate_sorted_by_bandwidth() {
+        let v = |name: &str, bw, w, h, audio: bool| Variant {
+            uri: format!("{name}/index.m3u8"),
+            iframe_uri: format!("{name}/iframes.m3u8"),
+            bandwidth: bw,
+            average_bandwidth: bw * 8 / 10,
+            iframe_bandwidth: 100_000,
+            width: w,
+            height: h,
+            frame_rate: 29.97,
+            video_codec: "avc1.64001f".into(),
+            audio_codec: audio.then(|| "mp4a.40.2".to_string()),
+        };
+        let m = master(&[
+            v("720p", 3_000_000, 1280, 720, true),
+            v("480p", 1_300_000, 854, 480, false),
+        ]);
+        let expected = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=1300000,AVERAGE-BANDWIDTH=1040000,RESOLUTION=854x480,FRAME-RATE=29.970,CODECS=\"avc1.64001f\"\n480p/index.m3u8\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=3000000,AVERAGE-BANDWIDTH=2400000,RESOLUTION=1280x720,FRAME-RATE=29.970,CODECS=\"avc1.64001f,mp4a.40.2\"\n720p/index.m3u8\n\
+            #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,RESOLUTION=854x480,CODECS=\"avc1.64001f\",URI=\"480p/iframes.m3u8\"\n\
+            #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,RESOLUTION=1280x720,CODECS=\"avc1.64001f\",URI=\"720p/iframes.m3u8\"\n";
+        assert_eq!(m, expected);
+    }
+
+    #[test]
+    fn vtt_times_and_regions() {
+        let v = thumbnails_vtt(&[Thumbnail {
+            start: 3661.5,
+            end: 3663.5,
+            sprite: "thumbs.jpg".into(),
+            x: 160,
+            y: 90,
+            w: 160,
+            h: 90,
+        }]);
+        assert_eq!(
+            v,
+            "WEBVTT\n\n01:01:01.500 --> 01:01:03.500\nthumbs.jpg#xywh=160,90,160,90\n\n"
+        );
+    }
+}

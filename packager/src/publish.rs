@@ -1,0 +1,354 @@
+//! Publishing a ladder to the object store, in the order that keeps readers safe: init and media
+//! segments as they are produced, then per-rung playlists, the poster and thumbnails, and the
+//! master playlist last — so a player never sees a master that points at something missing. If
+//! any write fails the master is not written and the caller retries the job; republishing writes
+//! the same keys again (idempotent).
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use common::store::{Key, PutOptions, Store};
+use serde::Serialize;
+
+use crate::playlist::{self, Variant};
+use crate::segmenter::Segment;
+
+/// `Content-Type` and `Cache-Control` for an object key, by extension.
+pub fn headers_for(key: &str) -> PutOptions {
+    let immutable = "public, max-age=31536000, immutable";
+    let (ct, cc) = match key.rsplit('.').next().unwrap_or("") {
+        "m3u8" => ("application/vnd.apple.mpegurl", "public, max-age=30"),
+        "m4s" => ("video/iso.segment", immutable),
+        "mp4" => ("video/mp4", immutable),
+        "jpg" | "jpeg" => ("image/jpeg", immutable),
+        "vtt" => ("text/vtt; charset=utf-8", "public, max-age=30"),
+        _ => ("application/octet-stream", "public, max-age=30"),
+    };
+    PutOptions {
+        content_type: Some(ct.to_string()),
+        cache_control: Some(cc.to_string()),
+    }
+}
+
+/// Publishing errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object store refused a write.
+    #[error("publishing {key}: {source}")]
+    Store {
+        /// The key being written.
+        key: String,
+        /// Why.
+        source: common::store::Error,
+    },
+    /// No rung could be produced.
+    #[error("no rendition could be produced: {0}")]
+    NothingToPublish(String),
+    /// An image could not be encoded.
+    #[error("image encoding failed: {0}")]
+    Image(String),
+}
+
+/// What one rung is, for playlists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RungInfo {
+    /// `1080p`, `720p`, … (named by the short side).
+    pub name: String,
+    /// Output width.
+    pub width: u32,
+    /// Output height.
+    pub height: u32,
+    /// Frames per second.
+    pub frame_rate: f64,
+    /// Video codec string.
+    pub video_codec: String,
+    /// Audio codec string, if the rung has audio.
+    pub audio_codec: Option<String>,
+}
+
+/// A published rendition, as stored on the moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rendition {
+    /// Rung name.
+    pub name: String,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+    /// Measured peak bit rate.
+    pub bandwidth: u64,
+    /// Measured average bit rate.
+    pub average_bandwidth: u64,
+    /// `CODECS` attribute.
+    pub codecs: String,
+    /// Frames per second.
+    pub frame_rate: f64,
+    /// Media playlist path relative to the master.
+    pub playlist: String,
+    /// Number of segments.
+    pub segments: usize,
+    /// Total duration in seconds.
+    pub duration: f64,
+}
+
+/// A rung that could not be produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailedRung {
+    /// Rung name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of a publish.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Published {
+    /// Renditions in the master, ascending bandwidth.
+    pub renditions: Vec<Rendition>,
+    /// Rungs that could not be produced, with the reason.
+    pub failed: Vec<FailedRung>,
+    /// Object key of the master playlist.
+    pub master_key: String,
+    /// Object key of the poster, if one was written.
+    pub poster_key: Option<String>,
+}
+
+struct RungState {
+    info: RungInfo,
+    segments: Vec<playlist::Segment>,
+}
+
+/// One thumbnail frame for the scrubbing track.
+#[derive(Debug, Clone)]
+pub struct Thumb {
+    /// Time of the frame (seconds).
+    pub time: f64,
+    /// The picture (already small).
+    pub image: image::RgbImage,
+}
+
+/// Publishes one moment's ladder.
+pub struct Publisher {
+    store: Store,
+    moment: String,
+    rungs: BTreeMap<String, RungState>,
+    failed: BTreeMap<String, String>,
+    poster_key: Option<String>,
+    thumbs_written: bool,
+}
+
+impl Publisher {
+    /// A publisher for `moment` (an id; keys go under `hls/{moment}/`).
+    pub fn new(store: Store, moment: &str) -> Publisher {
+        Publisher {
+            store,
+            moment: moment.to_string(),
+            rungs: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            poster_key: None,
+            thumbs_written: false,
+        }
+    }
+
+    fn key(&self, rel: &str) -> Result<Key, Error> {
+        let k = format!("hls/{}/{rel}", self.moment);
+        Key::new(k.clone()).map_err(|source| Error::Store { key: k, source })
+    }
+
+    async fn put(&self, rel: &str, bytes: Bytes) -> Result<String, Error> {
+        let key = self.key(rel)?;
+        self.store
+            .put_bytes(&key, bytes, &headers_for(rel))
+            .await
+            .map_err(|source| Error::Store {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(key.to_string())
+    }
+
+    /// Starts a rung: writes its init segment.
+    pub async fn start_rung(&mut self, info: RungInfo, init: Bytes) -> Result<(), Error> {
+        self.put(&format!("{}/init.mp4", info.name), init).await?;
+        self.rungs.insert(
+            info.name.clone(),
+            RungState {
+                info,
+                segments: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes one media segment of a started rung.
+    pub async fn segment(&mut self, rung: &str, seg: Segment) -> Result<(), Error> {
+        let uri = format!("seg_{:05}.m4s", seg.index);
+        let size = seg.fragment.bytes.len() as u64;
+        let keyframe_bytes = seg.fragment.first_keyframe_end;
+        self.put(&format!("{rung}/{uri}"), seg.fragment.bytes)
+            .await?;
+        if let Some(state) = self.rungs.get_mut(rung) {
+            state.segments.push(playlist::Segment {
+                uri,
+                duration: seg.duration,
+                bytes: size,
+                keyframe_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that a rung could not be produced; the others are still published.
+    pub fn rung_failed(&mut self, rung: &str, reason: &str) {
+        self.rungs.remove(rung);
+        self.failed.insert(rung.to_string(), reason.to_string());
+    }
+
+    /// Writes the poster (JPEG, quality 85).
+    pub async fn poster(&mut self, image: &image::RgbImage) -> Result<(), Error> {
+        let jpeg = encode_jpeg(image, 85)?;
+        self.poster_key = Some(self.put("poster.jpg", jpeg).await?);
+        Ok(())
+    }
+
+    /// Writes the thumbnail sprite sheet and its WebVTT track.
+    pub async fn thumbnails(&mut self, thumbs: &[Thumb], duration: f64) -> Result<(), Error> {
+        let Some(first) = thumbs.first() else {
+            return Ok(());
+        };
+        let (w, h) = first.image.dimensions();
+        let columns = 10u32.min(thumbs.len() as u32).max(1);
+        let rows = (thumbs.len() as u32).div_ceil(columns);
+        let mut sheet = image::RgbImage::new(w * columns, h * rows);
+        let mut cues = Vec::with_capacity(thumbs.len());
+        for (i, t) in thumbs.iter().enumerate() {
+            let (x, y) = ((i as u32 % columns) * w, (i as u32 / columns) * h);
+            image::imageops::replace(&mut sheet, &t.image, i64::from(x), i64::from(y));
+            let end = thumbs.get(i + 1).map_or(duration, |n| n.time).max(t.time);
+            cues.push(playlist::Thumbnail {
+                start: t.time,
+                end,
+                sprite: "thumbs.jpg".to_string(),
+                x,
+                y,
+                w,
+                h,
+            });
+        }
+        self.put("thumbs.jpg", encode_jpeg(&sheet, 75)?).await?;
+        self.put("thumbs.vtt", Bytes::from(playlist::thumbnails_vtt(&cues)))
+            .await?;
+        self.thumbs_written = true;
+        Ok(())
+    }
+
+    /// Writes the playlists, the master last. Fails (writing no master) when no rung has
+    /// segments.
+    pub async fn finish(self) -> Result<Published, Error> {
+        let mut variants = Vec::new();
+        let mut renditions = Vec::new();
+        let mut failed: Vec<FailedRung> = self
+            .failed
+            .iter()
+            .map(|(name, reason)| FailedRung {
+                name: name.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+        for (name, state) in &self.rungs {
+            if state.segments.is_empty() {
+                failed.push(FailedRung {
+                    name: name.clone(),
+                    reason: "no segments were produced".into(),
+                });
+                continue;
+            }
+            let media = playlist::media("init.mp4", &state.segments);
+            let iframes = playlist::iframes("init.mp4", &state.segments);
+            self.put(&format!("{name}/index.m3u8"), Bytes::from(media))
+                .await?;
+            self.put(&format!("{name}/iframes.m3u8"), Bytes::from(iframes))
+                .await?;
+            let (bandwidth, average) = playlist::bandwidths(&state.segments);
+            let info = &state.info;
+            variants.push(Variant {
+                uri: format!("{name}/index.m3u8"),
+                iframe_uri: format!("{name}/iframes.m3u8"),
+                bandwidth,
+                average_bandwidth: average,
+                iframe_bandwidth: playlist::iframe_bandwidth(&state.segments),
+                width: info.width,
+                height: info.height,
+                frame_rate: info.frame_rate,
+                video_codec: info.video_codec.clone(),
+                audio_codec: info.audio_codec.clone(),
+            });
+            renditions.push(Rendition {
+                name: name.clone(),
+                width: info.width,
+                height: info.height,
+                bandwidth,
+                average_bandwidth: average,
+                codecs: match &info.audio_codec {
+                    Some(a) => format!("{},{a}", info.video_codec),
+                    None => info.video_codec.clone(),
+                },
+                frame_rate: info.frame_rate,
+                playlist: format!("{name}/index.m3u8"),
+                segments: state.segments.len(),
+                duration: state.segments.iter().map(|s| s.duration).sum(),
+            });
+        }
+        if variants.is_empty() {
+            let reasons: Vec<String> = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.name, f.reason))
+                .collect();
+            return Err(Error::NothingToPublish(reasons.join("; ")));
+        }
+        renditions.sort_by_key(|r| r.bandwidth);
+        let master_key = self
+            .put("master.m3u8", Bytes::from(playlist::master(&variants)))
+            .await?;
+        Ok(Published {
+            renditions,
+            failed,
+            master_key,
+            poster_key: self.poster_key,
+        })
+    }
+}
+
+/// Encodes an RGB image as JPEG.
+pub fn encode_jpeg(image: &image::RgbImage, quality: u8) -> Result<Bytes, Error> {
+    let mut out = Cursor::new(Vec::with_capacity(64 * 1024));
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode_image(image)
+        .map_err(|e| Error::Image(e.to_string()))?;
+    Ok(Bytes::from(out.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headers_for;
+
+    #[test]
+    fn content_types_and_caching_by_kind() {
+        let h = headers_for("720p/seg_00001.m4s");
+        assert_eq!(h.content_type.as_deref(), Some("video/iso.segment"));
+        assert!(h.cache_control.unwrap().contains("immutable"));
+        let h = headers_for("720p/init.mp4");
+        assert_eq!(h.content_type.as_deref(), Some("video/mp4"));
+        let h = headers_for("master.m3u8");
+        assert_eq!(
+            h.content_type.as_deref(),
+            Some("application/vnd.apple.mpegurl")
+        );
+        assert_eq!(h.cache_control.as_deref(), Some("public, max-age=30"));
+        assert_eq!(
+            headers_for("poster.jpg").content_type.as_deref(),
+            Some("image/jpeg")
+        );
+    }
+}
