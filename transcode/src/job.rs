@@ -198,6 +198,7 @@ impl Transcoder {
         let mut record =
             serde_json::to_value(&published).map_err(|e| JobError::retry(e.to_string()))?;
         record["duration"] = serde_json::json!(summary.decoded_seconds);
+        record["remuxed"] = serde_json::json!(summary.remuxed.iter().collect::<Vec<_>>());
         record["source"] = serde_json::json!({
             "format": summary.probe.format,
             "codec": summary.probe.codec,

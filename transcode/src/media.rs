@@ -148,6 +148,8 @@ pub struct Summary {
     pub frames: u64,
     /// The rungs attempted.
     pub rungs: Vec<Rung>,
+    /// The rung remuxed from the source instead of re-encoded, if any.
+    pub remuxed: Option<String>,
 }
 
 /// Initialises FFmpeg once per process and keeps its logging quiet (errors surface as ours).
@@ -242,6 +244,13 @@ enum Msg {
         data: Bytes,
         dts: i64,
         duration: u32,
+    },
+    /// A source video packet for a rung that is remuxed instead of re-encoded.
+    Packet {
+        data: Bytes,
+        pts: i64,
+        dts: i64,
+        key: bool,
     },
     End,
 }
@@ -348,6 +357,20 @@ pub fn transcode(
         return Err(Error::Invalid("no rendition fits this video".into()));
     }
 
+    // Remux fast path: a compliant H.264 source feeds the top rung without re-encoding.
+    let remux = remux_plan(
+        path,
+        vindex,
+        &vstream.parameters(),
+        vdec.format(),
+        &probe,
+        &rungs[0],
+        settings,
+    );
+    if let Some(avc) = &remux {
+        tracing::info!(rung = %rungs[0].name, codec = %avc.codec_string(), "remuxing the top rung instead of re-encoding it");
+    }
+
     let mut audio = match astream {
         Some(s) => match AudioPipe::new(&s, vstart, vtb) {
             Ok(a) => Some(a),
@@ -374,6 +397,7 @@ pub fn transcode(
     for (i, (rung, rx)) in rungs.iter().cloned().zip(receivers).enumerate() {
         let next = senders.get(i + 1).cloned();
         let worker = RungWorker {
+            remux: if i == 0 { remux.clone() } else { None },
             rung,
             first: i == 0,
             rotation: if i == 0 { rotation } else { Rotation::None },
@@ -423,6 +447,23 @@ pub fn transcode(
             }
             if stream.index() == vindex {
                 packets += 1;
+                if remux.is_some()
+                    && let Some(data) = packet.data()
+                {
+                    let to90 = |t: i64| {
+                        ((t - vstart) as f64 * rational_f64(vtb) * f64::from(TIMESCALE)).round()
+                            as i64
+                    };
+                    let pts = packet.pts().or(packet.dts()).unwrap_or(0);
+                    let dts = packet.dts().unwrap_or(pts);
+                    top.send(Msg::Packet {
+                        data: avc::to_avcc_sample(data),
+                        pts: to90(pts),
+                        dts: to90(dts),
+                        key: packet.is_key(),
+                    })
+                    .map_err(|_| Error::Internal("the top rung stopped".into()))?;
+                }
                 if vdec.send_packet(&packet).is_err() {
                     decode_errors += 1;
                     continue;
@@ -479,8 +520,82 @@ pub fn transcode(
         probe,
         decoded_seconds: state.decoded_seconds + state.frame_step,
         frames: state.frames,
+        remuxed: remux.as_ref().map(|_| rungs[0].name.clone()),
         rungs,
     })
+}
+
+/// Decides whether the top rung can be remuxed from the source instead of re-encoded: H.264
+/// 4:2:0 8-bit in Baseline/Main/High with 4-byte NAL lengths, exactly the rung's size, upright,
+/// at most 60 fps, an average bit rate within the rung's ceiling, and IDR keyframes no further
+/// apart than two segments. The keyframe facts come from one demux-only pass (no decoding).
+fn remux_plan(
+    path: &std::path::Path,
+    vindex: usize,
+    params: &ff::codec::Parameters,
+    pix: Pixel,
+    probe: &Probe,
+    top: &Rung,
+    settings: &Settings,
+) -> Option<AvcConfig> {
+    if probe.codec != "h264"
+        || pix != Pixel::YUV420P
+        || probe.rotation != Rotation::None
+        || (probe.width, probe.height) != (top.width, top.height)
+        || !probe.duration.is_finite()
+        || probe.duration <= 0.0
+    {
+        return None;
+    }
+    let extradata = ffi::parameters_extradata(params);
+    // lengthSizeMinusOne == 3: packets carry 4-byte NAL lengths like our writer's samples
+    if extradata.first() != Some(&1) || extradata.get(4).map(|b| b & 3) != Some(3) {
+        return None;
+    }
+    let avc = AvcConfig::from_avcc(&extradata).ok()?;
+    let (profile, _, _) = avc.profile_compat_level();
+    if !matches!(profile, 66 | 77 | 100) {
+        return None;
+    }
+    let mut ictx = ff::format::input(path).ok()?;
+    let stream = ictx.stream(vindex)?;
+    let tb = rational_f64(stream.time_base());
+    let fps = rational_f64(stream.avg_frame_rate());
+    if fps > MAX_FPS + 0.01 || fps <= 0.0 {
+        return None;
+    }
+    let mut bytes = 0u64;
+    let mut last_key: Option<f64> = None;
+    let mut max_gap = 0.0f64;
+    let mut first = true;
+    for (s, packet) in ictx.packets() {
+        if s.index() != vindex {
+            continue;
+        }
+        let data = packet.data()?;
+        bytes += data.len() as u64;
+        let t = packet.pts().or(packet.dts()).unwrap_or(0) as f64 * tb;
+        if first && !packet.is_key() {
+            return None;
+        }
+        first = false;
+        if packet.is_key() {
+            if !avc::has_idr(data) {
+                return None; // open GOP: segments would not be independent
+            }
+            if let Some(k) = last_key {
+                max_gap = max_gap.max(t - k);
+            }
+            last_key = Some(t);
+        }
+    }
+    let last = last_key?;
+    max_gap = max_gap.max(probe.duration - last);
+    let bitrate = bytes as f64 * 8.0 / probe.duration;
+    if bitrate > top.maxrate as f64 || max_gap > 2.0 * settings.segment_seconds + 0.05 {
+        return None;
+    }
+    Some(avc)
 }
 
 struct DecodeState {
@@ -870,6 +985,8 @@ impl AudioPipe {
 
 /// One rung: scale (and rotate, for the top rung), encode with libx264, segment.
 struct RungWorker {
+    /// Parameter sets of a source that is remuxed into this rung (no encoder).
+    remux: Option<AvcConfig>,
     rung: Rung,
     first: bool,
     rotation: Rotation,
@@ -922,6 +1039,7 @@ impl RungWorker {
                         }
                     };
                     if !failed
+                        && self.remux.is_none()
                         && let Some(enc) = encoder.as_mut()
                         && let Err(e) = enc.frame(&mut out, pts, key, &self.sink)
                     {
@@ -937,6 +1055,21 @@ impl RungWorker {
                             pts,
                             key,
                         });
+                    }
+                }
+                Msg::Packet {
+                    data,
+                    pts,
+                    dts,
+                    key,
+                } => {
+                    if !failed && let Some(enc) = encoder.as_mut() {
+                        for s in enc.segmenter.push_video(data, pts, dts, key) {
+                            let _ = self.sink.send(Event::Segment {
+                                rung: name.clone(),
+                                segment: s,
+                            });
+                        }
                     }
                 }
                 Msg::Audio {
@@ -1039,6 +1172,9 @@ impl RungWorker {
     }
 
     fn open(&self) -> Result<RungEncoder, String> {
+        if let Some(avc) = &self.remux {
+            return self.start(None, avc.clone());
+        }
         let codec = ff::encoder::find_by_name("libx264").ok_or("libx264 is not available")?;
         let mut enc = ff::codec::context::Context::new_with_codec(codec)
             .encoder()
@@ -1068,6 +1204,15 @@ impl RungWorker {
             .map_err(|e| format!("libx264 ({}): {e}", self.rung.name))?;
         let avc = AvcConfig::from_extradata(&ffi::extradata(&opened))
             .map_err(|e| format!("libx264 gave no usable SPS/PPS: {e}"))?;
+        self.start(Some(opened), avc)
+    }
+
+    /// Makes the segmenter and announces the rung (init segment).
+    fn start(
+        &self,
+        encoder: Option<ff::encoder::video::Encoder>,
+        avc: AvcConfig,
+    ) -> Result<RungEncoder, String> {
         let video = VideoTrack {
             width: self.rung.width,
             height: self.rung.height,
@@ -1095,7 +1240,7 @@ impl RungWorker {
             })
             .map_err(|e| e.to_string())?;
         Ok(RungEncoder {
-            encoder: opened,
+            encoder,
             segmenter,
             name: self.rung.name.clone(),
         })
@@ -1103,7 +1248,8 @@ impl RungWorker {
 }
 
 struct RungEncoder {
-    encoder: ff::encoder::video::Encoder,
+    /// `None` when the rung is remuxed from the source.
+    encoder: Option<ff::encoder::video::Encoder>,
     segmenter: Segmenter,
     name: String,
 }
@@ -1124,15 +1270,21 @@ impl RungEncoder {
         } else {
             picture::Type::None
         });
-        self.encoder
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
+        encoder
             .send_frame(frame)
             .map_err(|e| format!("encoding failed: {e}"))?;
         self.drain(sink)
     }
 
     fn drain(&mut self, sink: &EventSink) -> Result<(), String> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok(());
+        };
         let mut pkt = Packet::empty();
-        while self.encoder.receive_packet(&mut pkt).is_ok() {
+        while encoder.receive_packet(&mut pkt).is_ok() {
             let Some(data) = pkt.data() else { continue };
             let pts = pkt.pts().unwrap_or(0);
             let dts = pkt.dts().unwrap_or(pts);
@@ -1150,10 +1302,12 @@ impl RungEncoder {
     }
 
     fn finish(&mut self, sink: &EventSink) -> Result<(), String> {
-        self.encoder
-            .send_eof()
-            .map_err(|e| format!("flushing the encoder: {e}"))?;
-        self.drain(sink)?;
+        if let Some(encoder) = self.encoder.as_mut() {
+            encoder
+                .send_eof()
+                .map_err(|e| format!("flushing the encoder: {e}"))?;
+            self.drain(sink)?;
+        }
         for s in self.segmenter.finish() {
             sink.send(Event::Segment {
                 rung: self.name.clone(),

@@ -424,3 +424,112 @@ async fn a_rotated_phone_clip_comes_out_upright() {
         "poster: {top} {bottom}"
     );
 }
+
+/// MD5 of the video packets of `file` as FFmpeg demuxes them (no decoding).
+fn video_md5(file: &str) -> String {
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-v", "error", "-i", file, "-map", "0:v:0", "-c", "copy", "-f", "md5", "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_compliant_h264_source_is_remuxed_into_its_rung() {
+    let env = support::env().await;
+    let dir = env.dir.path();
+    // what a phone might send: 720p30 H.264 High, 2 Mbit/s, closed 1 s GOPs, AAC
+    let src = dir.join("phone.mp4");
+    support::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30:duration=5",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=5",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-profile:v",
+        "high",
+        "-b:v",
+        "2000k",
+        "-maxrate",
+        "2500k",
+        "-bufsize",
+        "4000k",
+        "-g",
+        "30",
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        src.to_str().unwrap(),
+    ]);
+    let id = support::submit(&env, "alice", &src).await;
+    let m = support::wait_final(&env, &id, Duration::from_secs(300)).await;
+    assert_eq!(m.state, common::moment::State::Ready, "{:?}", m.error);
+    assert_eq!(m.renditions["remuxed"], serde_json::json!(["720p"]));
+    check_published(
+        &*env.store,
+        &id,
+        &[
+            Expect {
+                name: "720p",
+                width: 1280,
+                height: 720,
+            },
+            Expect {
+                name: "480p",
+                width: 854,
+                height: 480,
+            },
+        ],
+        5.0,
+        30.0,
+        true,
+        dir,
+    )
+    .await;
+    // the 720p video is the source's bitstream, packet for packet
+    let rendition = dir.join(format!("{id}-720p.mp4"));
+    assert_eq!(
+        video_md5(rendition.to_str().unwrap()),
+        video_md5(src.to_str().unwrap())
+    );
+    // …while a source over the rung's bit rate is re-encoded
+    let fat = dir.join("fat.mp4");
+    support::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30:duration=3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-b:v",
+        "8000k",
+        "-g",
+        "30",
+        "-pix_fmt",
+        "yuv420p",
+        fat.to_str().unwrap(),
+    ]);
+    let id = support::submit(&env, "alice", &fat).await;
+    let m = support::wait_final(&env, &id, Duration::from_secs(300)).await;
+    assert_eq!(m.state, common::moment::State::Ready, "{:?}", m.error);
+    assert_eq!(m.renditions["remuxed"], serde_json::json!([]));
+}
