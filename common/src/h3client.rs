@@ -132,8 +132,42 @@ impl Client {
         })
     }
 
+    /// Sends a request and returns as soon as the response head arrives; the body is read
+    /// chunk by chunk (Server-Sent Events, large downloads).
+    pub async fn open(&mut self, mut req: http::Request<()>) -> Result<Streaming, Error> {
+        if req.uri().authority().is_none() {
+            let uri = format!("https://{}{}", self.authority, req.uri());
+            *req.uri_mut() = uri
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| Error::Request(e.to_string()))?;
+        }
+        let rerr = |e: h3::error::StreamError| Error::Request(e.to_string());
+        let mut stream = self.send.send_request(req).await.map_err(rerr)?;
+        stream.finish().await.map_err(rerr)?;
+        let head = stream.recv_response().await.map_err(rerr)?;
+        Ok(Streaming { head, stream })
+    }
+
     /// The request sender, for callers that stream bodies themselves.
     pub fn sender(&mut self) -> &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes> {
         &mut self.send
+    }
+}
+
+/// A response whose body is read as it arrives.
+pub struct Streaming {
+    /// Status and headers.
+    pub head: http::Response<()>,
+    stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+}
+
+impl Streaming {
+    /// The next chunk of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        match self.stream.recv_data().await {
+            Ok(Some(mut b)) => Ok(Some(b.copy_to_bytes(b.remaining()))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::Request(e.to_string())),
+        }
     }
 }

@@ -1,8 +1,52 @@
-//! Ingest: resumable uploads of moments. Will hold the tus 1.0 protocol core (no I/O), the one
-//! handler that serves it over HTTP/1.1, HTTP/2 and HTTP/3, upload sessions in the metadata
-//! database with bytes in the object store, and the `moments upload` client.
+//! Ingest: resumable uploads of moments with tus 1.0.0 (creation, creation-with-upload,
+//! checksum, termination, expiration) over HTTP/1.1, HTTP/2 and HTTP/3 through one handler,
+//! and the `moments upload` client.
 //!
-//! Position in the data flow: phone → **ingest** → transcode queue. It must never decode media.
-//! (Built by the Ingest issue; nothing lives here yet.)
+//! Position in the data flow: phone → **ingest** → transcode queue. The protocol rules are a
+//! core without I/O ([`tus`]); the handler ([`handler`]) streams bodies into durable storage
+//! ([`sink`]) and records progress ([`record`]); a completed upload queues its transcode in the
+//! same database transaction. It must never decode media.
 
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod handler;
+pub mod record;
+pub mod sink;
+pub mod tus;
+
+use serde::Deserialize;
+
+/// `[ingest]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Largest accepted upload (bytes; advertised as `Tus-Max-Size`).
+    pub max_size: u64,
+    /// Unfinished uploads expire this long after their last progress (seconds).
+    pub expires_secs: u64,
+    /// Unfinished uploads one user may have at once.
+    pub max_active_per_user: u32,
+    /// A writer silent this long loses the upload's lock to a new request (seconds).
+    pub stale_lock_secs: u64,
+    /// A request body silent this long is ended, keeping what is durable (seconds).
+    pub body_idle_secs: u64,
+    /// Without a checksum, progress is made durable at least every this many bytes.
+    pub commit_every_bytes: u64,
+    /// How often expired uploads are swept (seconds).
+    pub cleanup_interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_size: 2 * 1024 * 1024 * 1024,
+            expires_secs: 24 * 3600,
+            max_active_per_user: 5,
+            stale_lock_secs: 10,
+            body_idle_secs: 30,
+            commit_every_bytes: 4 * 1024 * 1024,
+            cleanup_interval_secs: 60,
+        }
+    }
+}

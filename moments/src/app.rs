@@ -23,7 +23,7 @@ use crate::config::Config;
 pub enum Role {
     /// The HTTP API: moment status, tickets, the HLS origin.
     Api,
-    /// Uploads (and the QUIC listener).
+    /// Resumable uploads (tus), also over QUIC.
     Ingest,
     /// Queue workers (transcoding, summaries).
     Worker,
@@ -102,13 +102,34 @@ impl Services {
         })
     }
 
+    /// The tus handler's state (shared by the routes and the expiry sweeper).
+    pub fn ingest_state(&self) -> ingest::handler::IngestState {
+        ingest::handler::IngestState::new(
+            self.db.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.auth.clone(),
+            self.config.ingest.clone(),
+            self.config.storage.s3_part_size,
+            ingest::handler::IngestMetrics::register(&self.metrics),
+        )
+    }
+
     /// The routes of `roles`, always with the ops routes, with request metrics on all.
-    pub fn router(&self, roles: &BTreeSet<Role>) -> Router {
+    pub fn router(
+        &self,
+        roles: &BTreeSet<Role>,
+        ingest: Option<ingest::handler::IngestState>,
+        http_addr: Option<SocketAddr>,
+    ) -> Router {
         let mut router = Router::new().merge(common::ops::router(common::ops::OpsState {
             db: self.db.clone(),
             store: self.store.clone(),
             metrics: self.metrics.clone(),
         }));
+        if let Some(state) = ingest {
+            router = router.merge(ingest::handler::router(state));
+        }
         if roles.contains(&Role::Api) {
             router = router
                 .merge(common::auth::tickets_router(common::auth::TicketState {
@@ -119,6 +140,14 @@ impl Services {
                     db: self.db.clone(),
                     auth: self.auth.clone(),
                     public_base_url: self.config.packager.public_base_url.clone(),
+                    http_origin: http_addr.map(|a| {
+                        let ip = if a.ip().is_unspecified() {
+                            std::net::IpAddr::from([127, 0, 0, 1])
+                        } else {
+                            a.ip()
+                        };
+                        SocketAddr::new(ip, a.port()).to_string()
+                    }),
                 }))
                 .merge(packager::origin::router(packager::origin::OriginState {
                     store: self.store.clone(),
@@ -213,8 +242,13 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
     };
 
     let services = Services::open(config).await?;
-    let router = services.router(&roles);
+    let ingest_state = roles
+        .contains(&Role::Ingest)
+        .then(|| services.ingest_state());
+    let router = services.router(&roles, ingest_state.clone(), Some(http_addr));
     let shutdown = CancellationToken::new();
+    let sweeper =
+        ingest_state.map(|s| tokio::spawn(ingest::handler::sweep_expired(s, shutdown.clone())));
 
     tracing::info!(
         %http_addr,
@@ -251,6 +285,9 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         }
         if let Some(w) = workers {
             w.await?;
+        }
+        if let Some(s) = sweeper {
+            s.await?;
         }
         db.close().await;
         tracing::info!("moments stopped");

@@ -40,6 +40,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Print a development token signed with the local key under the data dir.
     Token(TokenArgs),
+    /// Upload a video as a moment (resumable; HTTP/3 over QUIC by default).
+    Upload(UploadArgs),
 }
 
 /// `moments serve`.
@@ -53,6 +55,47 @@ pub struct ServeArgs {
 /// `moments worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {}
+
+/// `moments upload`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The video file.
+    pub file: PathBuf,
+    /// Use HTTP/1.1 over TCP instead of HTTP/3 over QUIC.
+    #[arg(long)]
+    pub http: bool,
+    /// Server base URL. Default: https://MOMENTS_QUIC_ADDR (or http://MOMENTS_HTTP_ADDR with --http).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer token. Default: a development token for --user, signed with the data dir's key.
+    #[arg(long, value_name = "JWT")]
+    pub token: Option<String>,
+    /// User for the default development token.
+    #[arg(long, default_value = "dev")]
+    pub user: String,
+    /// Trust the server certificate with this SHA-256 fingerprint (hex). Default: the data
+    /// dir's self-signed certificate.
+    #[arg(long, value_name = "HEX")]
+    pub cert_sha256: Option<String>,
+    /// Trust server certificates issued by the CAs in this PEM file instead.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Chunk size: bytes, or with KiB/MiB.
+    #[arg(long, default_value = "4MiB")]
+    pub chunk_size: String,
+    /// Wait until the moment is ready and print its master playlist URL.
+    #[arg(long)]
+    pub wait: bool,
+    /// Where resumable upload URLs are remembered. Default: ~/.cache/moments/uploads.json.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Consecutive failed attempts before giving up.
+    #[arg(long, default_value_t = 20)]
+    pub retries: u32,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// `moments token`.
 #[derive(Debug, Args)]
@@ -96,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(_) => serve(config, [crate::app::Role::Worker].into_iter().collect()).await,
         Command::Token(args) => token(&config, &args),
+        Command::Upload(args) => upload(&config, &args).await,
     }
 }
 
@@ -132,5 +176,104 @@ fn token(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
         .context("the development key is needed to mint tokens")?;
     let token = common::auth::mint(&private, &args.user, ttl)?;
     println!("{token}");
+    Ok(())
+}
+
+/// Parses `4MiB`, `512KiB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("MiB") {
+        (n, 1 << 20)
+    } else if let Some(n) = t.strip_suffix("KiB") {
+        (n, 1 << 10)
+    } else {
+        (t, 1)
+    };
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (use e.g. 4MiB, 512KiB or bytes)"))?;
+    if n == 0 {
+        return Err("size must be above zero".into());
+    }
+    Ok(n * mult)
+}
+
+fn local_addr(addr: std::net::SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    std::net::SocketAddr::new(ip, addr.port()).to_string()
+}
+
+async fn upload(config: &Config, args: &UploadArgs) -> anyhow::Result<()> {
+    use ingest::client::{Options, Protocol};
+    let protocol = if args.http {
+        Protocol::Http1
+    } else {
+        Protocol::Http3
+    };
+    let server = match &args.server {
+        Some(s) => s.clone(),
+        None if args.http => format!("http://{}", local_addr(config.http.addr)),
+        None => format!("https://{}", local_addr(config.quic.addr)),
+    };
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => {
+            let (private, _) = common::auth::ensure_dev_key(&config.data_dir)
+                .context("no --token given and the development key is not usable")?;
+            common::auth::mint(
+                &private,
+                &args.user,
+                std::time::Duration::from_secs(24 * 3600),
+            )?
+        }
+    };
+    let trust = match (&args.cert_sha256, &args.ca_file) {
+        (Some(fp), _) => Some(common::server::tls::Trust::Pinned(fp.clone())),
+        (None, Some(ca)) => Some(common::server::tls::Trust::CaFile(ca.clone())),
+        (None, None) if protocol == Protocol::Http3 => {
+            let (cert, key) = common::server::tls::dev_paths(&config.data_dir);
+            let id = common::server::tls::load(&cert, &key).with_context(|| {
+                format!(
+                    "no --cert-sha256 or --ca-file given and no local certificate at {}",
+                    cert.display()
+                )
+            })?;
+            Some(common::server::tls::Trust::Pinned(id.fingerprint()))
+        }
+        (None, None) => None,
+    };
+    let state_file = args.state.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/moments/uploads.json")
+    });
+    let opts = Options {
+        server: server.clone(),
+        protocol,
+        token,
+        trust,
+        chunk_size: parse_size(&args.chunk_size).map_err(anyhow::Error::msg)?,
+        state_file,
+        max_retries: args.retries,
+        progress: !args.quiet,
+    };
+    let done = ingest::client::upload(&args.file, &opts).await?;
+    if done.resumed {
+        eprintln!(
+            "resumed {} at byte {} of {}",
+            done.url, done.resumed_from, done.size
+        );
+    }
+    println!("moment {}", done.moment);
+    if args.wait {
+        let url = ingest::client::wait_ready(&done.moment, &opts).await?;
+        println!("master {url}");
+    }
     Ok(())
 }

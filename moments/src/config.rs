@@ -48,6 +48,8 @@ pub struct Config {
     pub auth: common::auth::Config,
     /// The durable job queue.
     pub queue: common::queue::Config,
+    /// Resumable uploads.
+    pub ingest: ingest::Config,
     /// Transcoding.
     pub transcode: transcode::Config,
     /// HLS packaging and publishing.
@@ -65,6 +67,7 @@ impl Default for Config {
             storage: Default::default(),
             auth: Default::default(),
             queue: Default::default(),
+            ingest: Default::default(),
             transcode: Default::default(),
             packager: Default::default(),
         }

@@ -27,6 +27,9 @@ pub struct ApiState {
     pub auth: Arc<Auth>,
     /// `MOMENTS_PUBLIC_BASE_URL`, when set.
     pub public_base_url: Option<String>,
+    /// `host:port` of the HTTP (TCP) origin, for URLs answered to HTTP/3 requests (players
+    /// fetch HLS over TCP).
+    pub http_origin: Option<String>,
 }
 
 impl FromRef<ApiState> for Arc<Auth> {
@@ -49,8 +52,19 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// The host clients reached us by (for absolute URLs to the built-in origin).
-pub fn request_host(headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+/// The host clients reached us by (for absolute URLs to the built-in origin). Requests that
+/// came over HTTP/3 get the TCP origin instead.
+pub fn request_host(
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    version: axum::http::Version,
+    http_origin: Option<&str>,
+) -> String {
+    if version == axum::http::Version::HTTP_3
+        && let Some(o) = http_origin
+    {
+        return o.to_string();
+    }
     headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -89,11 +103,12 @@ async fn get_moment(
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: axum::http::Uri,
+    version: axum::http::Version,
 ) -> Result<Json<Value>, ApiError> {
     let m = moment::get_for_user(&s.db, &id, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
-    let host = request_host(&headers, &uri);
+    let host = request_host(&headers, &uri, version, s.http_origin.as_deref());
     Ok(Json(view(&m, s.public_base_url.as_deref(), &host)))
 }
 
@@ -103,11 +118,12 @@ async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: axum::http::Uri,
+    version: axum::http::Version,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let first = moment::get_for_user(&s.db, &id, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
-    let host = request_host(&headers, &uri);
+    let host = request_host(&headers, &uri, version, s.http_origin.as_deref());
     struct St {
         db: Db,
         id: String,

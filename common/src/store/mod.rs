@@ -270,6 +270,40 @@ impl fmt::Debug for Object {
     }
 }
 
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Part number (1..=10000; ascending, not necessarily contiguous).
+    pub number: i32,
+    /// The service's ETag for it.
+    pub etag: String,
+}
+
+/// S3-style multipart uploads: parts of at least 5 MiB (except the last) assembled into one
+/// object on completion. Nothing is visible under the key until completion.
+#[async_trait]
+pub trait Multipart: Send + Sync {
+    /// Starts a multipart upload of `key`; returns its upload id.
+    async fn create_multipart(&self, key: &Key, opts: &PutOptions) -> Result<String, Error>;
+    /// Uploads one part; returns it with its ETag.
+    async fn upload_part(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        number: i32,
+        data: Bytes,
+    ) -> Result<Part, Error>;
+    /// Assembles the listed parts (ascending numbers) into the object.
+    async fn complete_multipart(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        parts: &[Part],
+    ) -> Result<(), Error>;
+    /// Abandons the upload and frees its parts.
+    async fn abort_multipart(&self, key: &Key, upload_id: &str) -> Result<(), Error>;
+}
+
 /// An object store. Implementations must be safe to share between tasks.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
@@ -303,6 +337,12 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// The local file holding `key`, when objects are plain files on this machine (lets tools
     /// such as FFmpeg read them in place instead of through a copy).
     fn local_path(&self, _key: &Key) -> Option<PathBuf> {
+        None
+    }
+
+    /// Multipart uploads, when the backend has them (S3): how resumable uploads reach remote
+    /// storage part by part.
+    fn multipart(&self) -> Option<&dyn Multipart> {
         None
     }
 

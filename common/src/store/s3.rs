@@ -18,7 +18,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::{
-    ByteRange, ByteStream, Config, Error, Key, Object, ObjectMeta, ObjectStore, PutOptions,
+    ByteRange, ByteStream, Config, Error, Key, Multipart, Object, ObjectMeta, ObjectStore, Part,
+    PutOptions,
 };
 
 /// S3's smallest allowed part (except the last).
@@ -442,12 +443,111 @@ impl ObjectStore for S3 {
         Ok(())
     }
 
+    fn multipart(&self) -> Option<&dyn Multipart> {
+        Some(self)
+    }
+
     fn describe(&self) -> String {
         if self.prefix.is_empty() {
             format!("s3://{}", self.bucket)
         } else {
             format!("s3://{}/{}", self.bucket, self.prefix)
         }
+    }
+}
+
+#[async_trait]
+impl Multipart for S3 {
+    async fn create_multipart(&self, key: &Key, opts: &PutOptions) -> Result<String, Error> {
+        let full = self.full_key(key.as_str());
+        let mut req = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full);
+        if let Some(ct) = &opts.content_type {
+            req = req.content_type(ct);
+        }
+        if let Some(cc) = &opts.cache_control {
+            req = req.cache_control(cc);
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| s3_err("create multipart upload for", &full, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| Error::S3(format!("no upload id for {full}")))
+    }
+
+    async fn upload_part(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        number: i32,
+        data: Bytes,
+    ) -> Result<Part, Error> {
+        let full = self.full_key(key.as_str());
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(AwsBody::from(data))
+            .send()
+            .await
+            .map_err(|e| s3_err("upload part of", &full, e))?;
+        Ok(Part {
+            number,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        parts: &[Part],
+    ) -> Result<(), Error> {
+        let full = self.full_key(key.as_str());
+        let parts: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(&p.etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_err("complete multipart upload of", &full, e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &Key, upload_id: &str) -> Result<(), Error> {
+        let full = self.full_key(key.as_str());
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| s3_err("abort multipart upload of", &full, e))?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,702 @@
+//! The `moments upload` client: a tus 1.0 client over HTTP/3 (QUIC) or HTTP/1.1.
+//!
+//! It sends the file in chunks, each with an `Upload-Checksum`; on a network error it backs
+//! off, reconnects, asks the server for the offset (HEAD) and goes on from there. The upload URL
+//! is remembered per file fingerprint in a small state file, so re-running the same command after
+//! a kill resumes instead of starting over. Trust is a pinned certificate fingerprint or a CA
+//! file — never "accept anything".
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use common::h3client;
+use common::server::tls::Trust;
+use http::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::tus;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The server refused the upload for good.
+    #[error("the server refused the upload ({status}): {message}")]
+    Refused {
+        /// Status.
+        status: u16,
+        /// Its reason.
+        message: String,
+    },
+    /// Too many consecutive network failures.
+    #[error("giving up after {attempts} failed attempts: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// Bad settings (URL, fingerprint, CA file).
+    #[error("{0}")]
+    Config(String),
+    /// The moment failed to transcode.
+    #[error("the moment failed: {0}")]
+    MomentFailed(String),
+}
+
+/// Which protocol carries the upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/3 over QUIC.
+    Http3,
+    /// HTTP/1.1 over TCP.
+    Http1,
+}
+
+/// Settings of one upload.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Base URL (`https://host:4433` for HTTP/3, `http://host:8080` for HTTP/1.1).
+    pub server: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Bearer token.
+    pub token: String,
+    /// How to trust the server over TLS (HTTP/3).
+    pub trust: Option<Trust>,
+    /// Chunk size in bytes.
+    pub chunk_size: usize,
+    /// The resume state file.
+    pub state_file: PathBuf,
+    /// Consecutive failures before giving up.
+    pub max_retries: u32,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(300)
+                    .collect()
+            })
+    }
+}
+
+/// HTTP/3 or HTTP/1.1, with the same calls.
+pub struct Transport {
+    protocol: Protocol,
+    base: url_parts::Base,
+    trust: Option<Trust>,
+    h3: Option<h3client::Client>,
+    http: reqwest::Client,
+}
+
+mod url_parts {
+    /// A parsed base URL.
+    #[derive(Debug, Clone)]
+    pub struct Base {
+        pub scheme: String,
+        pub host: String,
+        pub port: u16,
+    }
+
+    pub fn parse(url: &str) -> Result<Base, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("bad server URL {url:?}: {e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("https").to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("server URL {url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "http" { 80 } else { 443 });
+        Ok(Base { scheme, host, port })
+    }
+}
+
+impl Transport {
+    /// A transport to `server`.
+    pub fn new(server: &str, protocol: Protocol, trust: Option<Trust>) -> Result<Transport, Error> {
+        let base = url_parts::parse(server).map_err(Error::Config)?;
+        if protocol == Protocol::Http3 && base.scheme != "https" {
+            return Err(Error::Config(format!(
+                "HTTP/3 needs an https:// server URL, got {server:?}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        Ok(Transport {
+            protocol,
+            base,
+            trust,
+            h3: None,
+            http,
+        })
+    }
+
+    async fn h3(&mut self) -> Result<&mut h3client::Client, String> {
+        if self.h3.is_none() {
+            let addr = tokio::net::lookup_host((self.base.host.as_str(), self.base.port))
+                .await
+                .map_err(|e| format!("cannot resolve {}: {e}", self.base.host))?
+                .next()
+                .ok_or_else(|| format!("{} has no address", self.base.host))?;
+            let trust = self
+                .trust
+                .clone()
+                .ok_or("HTTP/3 needs --cert-sha256 or --ca-file")?;
+            let c = h3client::Client::connect(addr, &self.base.host, &trust)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.h3 = Some(c);
+        }
+        self.h3.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    fn url(&self, path: &str) -> String {
+        let host = if self.base.host.contains(':') {
+            format!("[{}]", self.base.host)
+        } else {
+            self.base.host.clone()
+        };
+        format!("{}://{host}:{}{path}", self.base.scheme, self.base.port)
+    }
+
+    /// Sends a request; an `Err` is a network failure worth retrying.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        match self.protocol {
+            Protocol::Http3 => {
+                let url = self.url(path);
+                let mut b = http::Request::builder().method(method).uri(url);
+                for (k, v) in headers {
+                    b = b.header(*k, v);
+                }
+                let req = b.body(()).map_err(|e| e.to_string())?;
+                let c = self.h3().await?;
+                match c.send(req, body, 1 << 20).await {
+                    Ok(r) => Ok(Reply {
+                        status: r.head.status(),
+                        headers: r.head.headers().clone(),
+                        body: r.body,
+                    }),
+                    Err(e) => {
+                        self.h3 = None; // reconnect next time
+                        Err(e.to_string())
+                    }
+                }
+            }
+            Protocol::Http1 => {
+                let mut req = self.http.request(method, self.url(path));
+                for (k, v) in headers {
+                    req = req.header(*k, v);
+                }
+                let resp = req.body(body).send().await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let body = resp.bytes().await.map_err(|e| e.to_string())?;
+                Ok(Reply {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+        }
+    }
+
+    /// Follows `GET path` as Server-Sent Events, calling `on_data` with each `data:` payload
+    /// until it returns `Some`.
+    pub async fn follow<T>(
+        &mut self,
+        path: &str,
+        token: &str,
+        mut on_data: impl FnMut(&str) -> Option<T>,
+    ) -> Result<Option<T>, String> {
+        let auth = format!("Bearer {token}");
+        let mut pending = String::new();
+        let mut feed = |chunk: &[u8], pending: &mut String| -> Option<T> {
+            pending.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(i) = pending.find("\n\n") {
+                let event: String = pending.drain(..i + 2).collect();
+                for line in event.lines() {
+                    if let Some(d) = line.strip_prefix("data:")
+                        && let Some(t) = on_data(d.trim())
+                    {
+                        return Some(t);
+                    }
+                }
+            }
+            None
+        };
+        match self.protocol {
+            Protocol::Http3 => {
+                let url = self.url(path);
+                let req = http::Request::get(url)
+                    .header("authorization", auth)
+                    .header("accept", "text/event-stream")
+                    .body(())
+                    .map_err(|e| e.to_string())?;
+                let c = self.h3().await?;
+                let mut s = c.open(req).await.map_err(|e| e.to_string())?;
+                if !s.head.status().is_success() {
+                    return Err(format!("events: HTTP {}", s.head.status()));
+                }
+                while let Some(chunk) = s.chunk().await.map_err(|e| e.to_string())? {
+                    if let Some(t) = feed(&chunk, &mut pending) {
+                        return Ok(Some(t));
+                    }
+                }
+                Ok(None)
+            }
+            Protocol::Http1 => {
+                use futures::StreamExt;
+                let resp = self
+                    .http
+                    .get(self.url(path))
+                    .header("authorization", auth)
+                    .header("accept", "text/event-stream")
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("events: HTTP {}", resp.status()));
+                }
+                let mut body = resp.bytes_stream();
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    if let Some(t) = feed(&chunk, &mut pending) {
+                        return Ok(Some(t));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The resume state: upload URLs by file fingerprint.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    uploads: BTreeMap<String, String>,
+}
+
+fn load_state(path: &Path) -> State {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(path: &Path, state: &State) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("tmp");
+    if let Ok(bytes) = serde_json::to_vec_pretty(state)
+        && std::fs::write(&tmp, bytes).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Identifies "the same file to the same server": size, modification time and the first and
+/// last MiB (cheap even for large files).
+pub fn fingerprint(path: &Path, server: &str) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut h = Sha256::new();
+    h.update(server.as_bytes());
+    h.update(meta.len().to_le_bytes());
+    if let Ok(m) = meta.modified()
+        && let Ok(d) = m.duration_since(std::time::UNIX_EPOCH)
+    {
+        h.update(d.as_nanos().to_le_bytes());
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let n = f.read(&mut buf)?;
+    h.update(&buf[..n]);
+    if meta.len() > (2 << 20) {
+        f.seek(SeekFrom::End(-(1 << 20)))?;
+        let n = f.read(&mut buf)?;
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The media type announced for a file, by extension.
+pub fn filetype(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "mp4" | "m4v" => "video/mp4",
+        "mov" | "qt" => "video/quicktime",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "3gp" => "video/3gpp",
+        "avi" => "video/x-msvideo",
+        "ts" => "video/mp2t",
+        _ => return None,
+    })
+}
+
+/// What a finished upload produced.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The moment id.
+    pub moment: String,
+    /// The upload URL.
+    pub url: String,
+    /// Where the upload started (0 unless resumed).
+    pub resumed_from: u64,
+    /// True when an earlier attempt's upload URL was reused.
+    pub resumed: bool,
+    /// File size.
+    pub size: u64,
+}
+
+fn path_of(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+        .unwrap_or_else(|| url.to_string())
+}
+
+fn bar(progress: bool, len: u64, template: &str) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b
+}
+
+/// Uploads `file`, resuming an earlier attempt of the same file when the state file knows it.
+pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
+    let ferr = |source| Error::File {
+        path: file.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(file).map_err(ferr)?.len();
+    let fp = fingerprint(file, &opts.server).map_err(ferr)?;
+    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone())?;
+    let auth = format!("Bearer {}", opts.token);
+    let base = [
+        ("authorization", auth.clone()),
+        ("tus-resumable", tus::VERSION.to_string()),
+    ];
+    let mut state = load_state(&opts.state_file);
+    let mut failures = 0u32;
+    let mut last_error = String::new();
+    let retry = |failures: u32| {
+        common::queue::retry_delay(
+            failures,
+            Duration::from_millis(300),
+            Duration::from_secs(8),
+            rand_unit(),
+        )
+    };
+
+    // 1. find or create the upload
+    let mut url = state.uploads.get(&fp).cloned();
+    let mut resumed = false;
+    let mut offset = 0u64;
+    let mut moment: Option<String>;
+    loop {
+        if failures > opts.max_retries {
+            return Err(Error::GaveUp {
+                attempts: failures,
+                last: last_error,
+            });
+        }
+        if let Some(u) = &url {
+            match t.send(Method::HEAD, &path_of(u), &base, Bytes::new()).await {
+                Ok(r) if r.status == StatusCode::OK => {
+                    offset = r
+                        .header("upload-offset")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    moment = r.header("moment-id").map(str::to_string);
+                    resumed = true;
+                    break;
+                }
+                Ok(r) if matches!(r.status.as_u16(), 404 | 410 | 403) => {
+                    url = None; // gone or expired: start over
+                    state.uploads.remove(&fp);
+                    continue;
+                }
+                Ok(r) => {
+                    last_error = format!("HEAD: {} {}", r.status, r.message());
+                }
+                Err(e) => last_error = e,
+            }
+        } else {
+            let mut headers = base.to_vec();
+            headers.push(("upload-length", size.to_string()));
+            let mut meta = vec![];
+            if let Some(name) = file.file_name().and_then(|n| n.to_str()) {
+                meta.push(format!("filename {}", B64.encode(name)));
+            }
+            if let Some(ft) = filetype(file) {
+                meta.push(format!("filetype {}", B64.encode(ft)));
+            }
+            headers.push(("upload-metadata", meta.join(",")));
+            match t.send(Method::POST, "/files", &headers, Bytes::new()).await {
+                Ok(r) if r.status == StatusCode::CREATED => {
+                    let Some(loc) = r.header("location") else {
+                        return Err(Error::Refused {
+                            status: 201,
+                            message: "no Location in the creation answer".into(),
+                        });
+                    };
+                    url = Some(loc.to_string());
+                    moment = r.header("moment-id").map(str::to_string);
+                    state.uploads.insert(fp.clone(), loc.to_string());
+                    save_state(&opts.state_file, &state);
+                    break;
+                }
+                Ok(r)
+                    if r.status.is_client_error() && r.status != StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return Err(Error::Refused {
+                        status: r.status.as_u16(),
+                        message: r.message(),
+                    });
+                }
+                Ok(r) => last_error = format!("POST: {} {}", r.status, r.message()),
+                Err(e) => last_error = e,
+            }
+        }
+        failures += 1;
+        tokio::time::sleep(retry(failures)).await;
+    }
+    let url = url.unwrap_or_default();
+    let resumed_from = offset;
+
+    // 2. send the chunks
+    let pb = bar(
+        opts.progress,
+        size,
+        "{spinner} upload [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    );
+    pb.set_position(offset);
+    let mut f = std::fs::File::open(file).map_err(ferr)?;
+    let mut buf = vec![0u8; opts.chunk_size.max(1)];
+    let path = path_of(&url);
+    failures = 0;
+    while offset < size {
+        let n = (size - offset).min(buf.len() as u64) as usize;
+        f.seek(SeekFrom::Start(offset)).map_err(ferr)?;
+        f.read_exact(&mut buf[..n]).map_err(ferr)?;
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        let digest = B64.encode(Sha256::digest(&chunk));
+        let mut headers = base.to_vec();
+        headers.push(("upload-offset", offset.to_string()));
+        headers.push(("content-type", tus::OFFSET_OCTET_STREAM.to_string()));
+        headers.push(("upload-checksum", format!("sha256 {digest}")));
+        match t.send(Method::PATCH, &path, &headers, chunk).await {
+            Ok(r) if r.status == StatusCode::NO_CONTENT => {
+                offset = r
+                    .header("upload-offset")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(offset + n as u64);
+                if let Some(m) = r.header("moment-id") {
+                    moment = Some(m.to_string());
+                }
+                pb.set_position(offset);
+                failures = 0;
+                continue;
+            }
+            Ok(r) if matches!(r.status.as_u16(), 409 | 423 | 460) || r.status.is_server_error() => {
+                last_error = format!("PATCH: {} {}", r.status, r.message());
+            }
+            Ok(r) => {
+                pb.abandon();
+                return Err(Error::Refused {
+                    status: r.status.as_u16(),
+                    message: r.message(),
+                });
+            }
+            Err(e) => last_error = e,
+        }
+        failures += 1;
+        if failures > opts.max_retries {
+            pb.abandon();
+            return Err(Error::GaveUp {
+                attempts: failures,
+                last: last_error,
+            });
+        }
+        if opts.progress {
+            pb.println(format!("retrying ({last_error})"));
+        }
+        tokio::time::sleep(retry(failures)).await;
+        // the server knows best where we stand
+        if let Ok(r) = t.send(Method::HEAD, &path, &base, Bytes::new()).await
+            && r.status == StatusCode::OK
+            && let Some(o) = r.header("upload-offset").and_then(|v| v.parse().ok())
+        {
+            offset = o;
+            pb.set_position(offset);
+        }
+    }
+    // A zero-length file, or a resumed upload that was already complete.
+    if moment.is_none()
+        && let Ok(r) = t.send(Method::HEAD, &path, &base, Bytes::new()).await
+    {
+        moment = r.header("moment-id").map(str::to_string);
+    }
+    pb.finish_and_clear();
+    state.uploads.remove(&fp);
+    save_state(&opts.state_file, &state);
+    Ok(Uploaded {
+        moment: moment.unwrap_or_default(),
+        url,
+        resumed_from,
+        resumed,
+        size,
+    })
+}
+
+/// Follows the moment's events until it is ready; returns its master playlist URL.
+pub async fn wait_ready(moment: &str, opts: &Options) -> Result<String, Error> {
+    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone())?;
+    let pb = bar(
+        opts.progress,
+        1000,
+        "{spinner} {msg:12} [{bar:32}] {percent}%",
+    );
+    let mut failures = 0;
+    loop {
+        let path = format!("/v1/moments/{moment}/events");
+        let outcome = t
+            .follow(&path, &opts.token, |data| {
+                let v: serde_json::Value = serde_json::from_str(data).ok()?;
+                let state = v["state"].as_str().unwrap_or("");
+                pb.set_message(state.to_string());
+                pb.set_position((v["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
+                match state {
+                    "ready" => Some(Ok(v["master_url"].as_str().unwrap_or("").to_string())),
+                    "failed" => Some(Err(v["error"]
+                        .as_str()
+                        .unwrap_or("unknown error")
+                        .to_string())),
+                    _ => None,
+                }
+            })
+            .await;
+        match outcome {
+            Ok(Some(Ok(url))) => {
+                pb.finish_and_clear();
+                return Ok(url);
+            }
+            Ok(Some(Err(e))) => {
+                pb.abandon();
+                return Err(Error::MomentFailed(e));
+            }
+            Ok(None) | Err(_) if failures < opts.max_retries => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(None) => {
+                return Err(Error::GaveUp {
+                    attempts: failures,
+                    last: "the event stream ended".into(),
+                });
+            }
+            Err(e) => {
+                return Err(Error::GaveUp {
+                    attempts: failures,
+                    last: e,
+                });
+            }
+        }
+    }
+}
+
+fn rand_unit() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    f64::from(n % 1000) / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filetypes_by_extension() {
+        assert_eq!(filetype(Path::new("a/b.MP4")), Some("video/mp4"));
+        assert_eq!(filetype(Path::new("clip.mov")), Some("video/quicktime"));
+        assert_eq!(filetype(Path::new("notes.txt")), None);
+        assert_eq!(filetype(Path::new("noext")), None);
+    }
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(path_of("https://h:4433/files/abc"), "/files/abc");
+        assert_eq!(path_of("/files/abc"), "/files/abc");
+    }
+
+    #[test]
+    fn fingerprints_change_with_content_and_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.bin");
+        std::fs::write(&p, vec![1u8; 3 << 20]).unwrap();
+        let a = fingerprint(&p, "https://a").unwrap();
+        assert_eq!(a, fingerprint(&p, "https://a").unwrap());
+        assert_ne!(a, fingerprint(&p, "https://b").unwrap());
+        let mut data = vec![1u8; 3 << 20];
+        data[(3 << 20) - 1] = 2;
+        std::fs::write(&p, data).unwrap();
+        assert_ne!(a, fingerprint(&p, "https://a").unwrap());
+    }
+}

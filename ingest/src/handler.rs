@@ -1,0 +1,764 @@
+//! The one tus handler, served over HTTP/1.1, HTTP/2 and HTTP/3 alike (the transports hand it
+//! the same `Request`): routes, the write lock, streaming bodies into the sink with durable
+//! checkpoints, checksums, completion and the expiry sweeper.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRef, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{options, post};
+use common::auth::{Auth, User};
+use common::db::Db;
+use common::ids::{new_id, now_ms};
+use common::metrics::Metrics;
+use common::queue::Queue;
+use common::store::Store;
+use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use sha1::Digest as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::record::{self, Upload};
+use crate::sink::{self, Writer};
+use crate::tus::{self, Algorithm, Checksum};
+
+/// Ingest counters.
+#[derive(Clone, Debug, Default)]
+pub struct IngestMetrics {
+    created: Counter,
+    completed: Counter,
+    bytes: Counter,
+    checksum_failures: Counter,
+}
+
+impl IngestMetrics {
+    /// Registers them.
+    pub fn register(metrics: &Metrics) -> IngestMetrics {
+        let m = IngestMetrics::default();
+        metrics.register("uploads_created", "tus uploads created", m.created.clone());
+        metrics.register(
+            "uploads_completed",
+            "tus uploads completed",
+            m.completed.clone(),
+        );
+        metrics.register("upload_bytes", "Upload bytes made durable", m.bytes.clone());
+        metrics.register(
+            "upload_checksum_failures",
+            "PATCH bodies refused for a checksum mismatch",
+            m.checksum_failures.clone(),
+        );
+        m
+    }
+}
+
+/// A request currently writing to an upload in this process.
+struct Active {
+    owner: String,
+    cancel: CancellationToken,
+    last_byte_ms: Arc<AtomicI64>,
+}
+
+/// What the handler needs.
+#[derive(Clone)]
+pub struct IngestState {
+    /// Upload rows and moments.
+    pub db: Db,
+    /// Upload bytes.
+    pub store: Store,
+    /// Where completed uploads are queued.
+    pub queue: Queue,
+    /// Token verifier.
+    pub auth: Arc<Auth>,
+    /// Limits and timings.
+    pub config: Config,
+    /// S3 part size (bytes).
+    pub part_size: u64,
+    /// Counters.
+    pub metrics: IngestMetrics,
+    active: Arc<Mutex<HashMap<String, Active>>>,
+}
+
+impl IngestState {
+    /// State for the routes.
+    pub fn new(
+        db: Db,
+        store: Store,
+        queue: Queue,
+        auth: Arc<Auth>,
+        config: Config,
+        part_size: u64,
+        metrics: IngestMetrics,
+    ) -> IngestState {
+        IngestState {
+            db,
+            store,
+            queue,
+            auth,
+            config,
+            part_size,
+            metrics,
+            active: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn limits(&self) -> tus::Limits {
+        tus::Limits {
+            max_size: self.config.max_size,
+        }
+    }
+}
+
+impl FromRef<IngestState> for Arc<Auth> {
+    fn from_ref(s: &IngestState) -> Self {
+        s.auth.clone()
+    }
+}
+
+/// The tus routes.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/files", post(create).options(preflight))
+        .route("/files/", post(create).options(preflight))
+        .route(
+            "/files/{id}",
+            options(preflight).head(head).patch(patch).delete(terminate),
+        )
+        .layer(axum::middleware::map_response(decorate))
+        .with_state(state)
+}
+
+const EXPOSE: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, \
+    Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Moment-Id";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Tus-Resumable, Upload-Length, \
+    Upload-Metadata, Upload-Offset, Upload-Checksum, Upload-Defer-Length, Upload-Concat, \
+    X-HTTP-Method-Override, X-Requested-With";
+
+/// Every tus answer: `Tus-Resumable` and CORS for browser clients (tus-js-client).
+async fn decorate(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("tus-resumable", HeaderValue::from_static(tus::VERSION));
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(EXPOSE),
+    );
+    resp
+}
+
+fn tus_error(e: tus::Error) -> Response {
+    let mut resp = (
+        e.status_code(),
+        axum::Json(serde_json::json!({"error": e.message, "code": e.code})),
+    )
+        .into_response();
+    if e.status == 412 {
+        resp.headers_mut()
+            .insert("tus-version", HeaderValue::from_static(tus::VERSION));
+    }
+    resp
+}
+
+fn api_error(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Response {
+    tus_error(tus::Error {
+        status: status.as_u16(),
+        code,
+        message: msg.into(),
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "upload failed on our side");
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the upload could not be stored; retry from the offset HEAD reports",
+    )
+}
+
+fn not_found() -> Response {
+    api_error(StatusCode::NOT_FOUND, "not_found", "no such upload")
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
+    if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+async fn preflight() -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    for (k, v) in tus::options_headers(&tus::Limits { max_size: u64::MAX }) {
+        if k != "Tus-Max-Size" {
+            set(h, lower(k), v);
+        }
+    }
+    set(
+        h,
+        "access-control-allow-methods",
+        "POST, HEAD, PATCH, DELETE, OPTIONS",
+    );
+    set(h, "access-control-allow-headers", ALLOW_HEADERS);
+    set(h, "access-control-max-age", "86400");
+    resp
+}
+
+fn lower(k: &'static str) -> &'static str {
+    match k {
+        "Tus-Resumable" => "tus-resumable",
+        "Tus-Version" => "tus-version",
+        "Tus-Extension" => "tus-extension",
+        "Tus-Max-Size" => "tus-max-size",
+        "Tus-Checksum-Algorithm" => "tus-checksum-algorithm",
+        _ => "x-unknown",
+    }
+}
+
+fn location(headers: &HeaderMap, uri: &axum::http::Uri, version: Version, id: &str) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if version == Version::HTTP_3 {
+                "https".into()
+            } else {
+                uri.scheme_str().unwrap_or("http").to_string()
+            }
+        });
+    match host {
+        Some(h) => format!("{proto}://{h}/files/{id}"),
+        None => format!("/files/{id}"),
+    }
+}
+
+fn upload_headers(h: &mut HeaderMap, up: &Upload) {
+    set(h, "upload-offset", up.received.to_string());
+    set(h, "moment-id", &up.moment_id);
+    set(h, "cache-control", "no-store");
+    if !up.complete {
+        set(h, "upload-expires", tus::http_date(up.expires_at));
+    }
+}
+
+/// Loads an upload the caller owns; 404 for missing or foreign, 410 for expired.
+async fn owned(s: &IngestState, id: &str, user: &str) -> Result<Upload, Response> {
+    if !common::ids::is_id(id) {
+        return Err(not_found());
+    }
+    match record::get(&s.db, id).await {
+        Ok(Some(up)) if up.user_id == user => {
+            if !up.complete && up.expires_at <= now_ms() {
+                return Err(api_error(
+                    StatusCode::GONE,
+                    "expired",
+                    "this upload has expired",
+                ));
+            }
+            Ok(up)
+        }
+        Ok(_) => Err(not_found()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+async fn create(
+    State(s): State<IngestState>,
+    User(user): User,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    version: Version,
+    body: Body,
+) -> Response {
+    let req = match tus::parse_create(&headers, &s.limits()) {
+        Ok(r) => r,
+        Err(e) => return tus_error(e),
+    };
+    match record::count_active(&s.db, &user).await {
+        Ok(n) if n >= i64::from(s.config.max_active_per_user) => {
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                format!(
+                    "you have {n} unfinished uploads (limit {}); finish or delete one first",
+                    s.config.max_active_per_user
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return internal(e),
+    }
+    let (id, moment_id) = (new_id(), new_id());
+    let expires = now_ms() + (s.config.expires_secs as i64) * 1000;
+    if let Err(e) = record::create(
+        &s.db,
+        &id,
+        &moment_id,
+        &user,
+        req.length,
+        &req.metadata_raw,
+        expires,
+    )
+    .await
+    {
+        return internal(e);
+    }
+    s.metrics.created.inc();
+    tracing::info!(upload = %id, moment = %moment_id, %user, length = req.length, "upload created");
+    let mut up = match record::get(&s.db, &id).await {
+        Ok(Some(up)) => up,
+        Ok(None) => return internal("upload vanished after creation"),
+        Err(e) => return internal(e),
+    };
+    if req.with_body || req.length == 0 {
+        match write(&s, up.clone(), body, req.checksum).await {
+            Ok(u) => up = u,
+            Err(resp) => return resp,
+        }
+    }
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    set(h, "location", location(&headers, &uri, version, &id));
+    upload_headers(h, &up);
+    resp
+}
+
+async fn head(
+    State(s): State<IngestState>,
+    User(user): User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = tus::check_version(&headers) {
+        return tus_error(e);
+    }
+    let up = match owned(&s, &id, &user).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    upload_headers(h, &up);
+    set(h, "upload-length", up.length.to_string());
+    if !up.metadata.is_empty() {
+        set(h, "upload-metadata", &up.metadata);
+    }
+    resp
+}
+
+/// Reads and drops what is left of a request body (bounded), so a client still sending gets
+/// our answer instead of a connection reset.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut left: usize = 16 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn patch(
+    State(s): State<IngestState>,
+    User(user): User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let req = match tus::parse_patch(&headers) {
+        Ok(r) => r,
+        Err(e) => {
+            drain(body).await;
+            return tus_error(e);
+        }
+    };
+    let up = match owned(&s, &id, &user).await {
+        Ok(u) => u,
+        Err(r) => {
+            drain(body).await;
+            return r;
+        }
+    };
+    let state = tus::Upload {
+        length: up.length,
+        offset: up.received,
+        expires_at_ms: up.expires_at,
+        complete: up.complete,
+    };
+    if let Err(e) = tus::check_patch(&state, &req, now_ms()) {
+        if e.status != 413 {
+            drain(body).await;
+        }
+        return tus_error(e);
+    }
+    let up = if up.complete {
+        up
+    } else {
+        match write(&s, up, body, req.checksum).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        }
+    };
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    upload_headers(resp.headers_mut(), &up);
+    resp
+}
+
+async fn terminate(
+    State(s): State<IngestState>,
+    User(user): User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = tus::check_version(&headers) {
+        return tus_error(e);
+    }
+    let up = match owned(&s, &id, &user).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    // stop a request still writing to it in this process
+    if let Ok(map) = s.active.lock()
+        && let Some(a) = map.get(&id)
+    {
+        a.cancel.cancel();
+    }
+    if !up.complete
+        && let Err(e) = sink::remove(&s.store, &up).await
+    {
+        return internal(e);
+    }
+    if let Err(e) = record::delete(&s.db, &up).await {
+        return internal(e);
+    }
+    tracing::info!(upload = %id, "upload terminated");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Removes the in-process registration when the writing request ends, however it ends.
+struct Registration {
+    active: Arc<Mutex<HashMap<String, Active>>>,
+    id: String,
+    owner: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.active.lock()
+            && map.get(&self.id).is_some_and(|a| a.owner == self.owner)
+        {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Takes the upload's write lock: in this process (a stalled earlier request is cancelled once
+/// it has been silent for `stale_lock_secs`) and in the database (across ingest nodes).
+async fn acquire(
+    s: &IngestState,
+    id: &str,
+) -> Result<(String, CancellationToken, Arc<AtomicI64>, Registration), Response> {
+    let owner = new_id();
+    let stale_ms = (s.config.stale_lock_secs as i64) * 1000;
+    let busy = || {
+        api_error(
+            StatusCode::LOCKED,
+            "locked",
+            "another request is writing to this upload; retry after it ends",
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let patience = tokio::time::Instant::now() + Duration::from_secs(1);
+    let (cancel, last) = loop {
+        let waited = {
+            let Ok(mut map) = s.active.lock() else {
+                return Err(internal("lock registry poisoned"));
+            };
+            match map.get(id) {
+                Some(a) if now_ms() - a.last_byte_ms.load(Ordering::Relaxed) < stale_ms => {
+                    // Usually the previous request of a reconnecting client, finishing up:
+                    // wait a moment for it before answering 423.
+                    if tokio::time::Instant::now() > patience {
+                        return Err(busy());
+                    }
+                    true
+                }
+                Some(a) => {
+                    // Its client went silent: stop it, then wait for it to let go.
+                    a.cancel.cancel();
+                    true
+                }
+                None => {
+                    let cancel = CancellationToken::new();
+                    let last = Arc::new(AtomicI64::new(now_ms()));
+                    map.insert(
+                        id.to_string(),
+                        Active {
+                            owner: owner.clone(),
+                            cancel: cancel.clone(),
+                            last_byte_ms: last.clone(),
+                        },
+                    );
+                    break (cancel, last);
+                }
+            }
+        };
+        if waited {
+            if tokio::time::Instant::now() > deadline {
+                return Err(busy());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reg = Registration {
+        active: s.active.clone(),
+        id: id.to_string(),
+        owner: owner.clone(),
+    };
+    let until = now_ms() + stale_ms;
+    match record::lock(&s.db, id, &owner, until).await {
+        Ok(true) => Ok((owner, cancel, last, reg)),
+        Ok(false) => Err(busy()),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+}
+
+impl Hasher {
+    fn new(c: &Checksum) -> Hasher {
+        match c.algorithm {
+            Algorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+        }
+    }
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// Streams a request body into the upload under the write lock, making progress durable as it
+/// goes (or, with a checksum, all at once after the digest matches), and completes the upload
+/// when its last byte lands. Returns the upload as it now stands.
+async fn write(
+    s: &IngestState,
+    up: Upload,
+    body: Body,
+    checksum: Option<Checksum>,
+) -> Result<Upload, Response> {
+    let (owner, cancel, last_byte, _reg) = match acquire(s, &up.id).await {
+        Ok(x) => x,
+        Err(r) => {
+            drain(body).await;
+            return Err(r);
+        }
+    };
+    let result = write_locked(s, up.clone(), body, checksum, &owner, &cancel, &last_byte).await;
+    let _ = record::release(&s.db, &up.id, &owner).await;
+    result
+}
+
+async fn write_locked(
+    s: &IngestState,
+    up: Upload,
+    body: Body,
+    checksum: Option<Checksum>,
+    owner: &str,
+    cancel: &CancellationToken,
+    last_byte: &AtomicI64,
+) -> Result<Upload, Response> {
+    // The offset may have moved while we waited for the lock.
+    let up = match record::get(&s.db, &up.id).await {
+        Ok(Some(u)) if u.received == up.received && !u.complete => u,
+        Ok(Some(u)) => {
+            drain(body).await;
+            return Err(api_error(
+                StatusCode::CONFLICT,
+                "offset_mismatch",
+                format!("the upload's offset is now {}", u.received),
+            ));
+        }
+        Ok(None) => return Err(not_found()),
+        Err(e) => return Err(internal(e)),
+    };
+    let mut writer = Writer::open(&s.store, &s.db, &up, s.part_size)
+        .await
+        .map_err(internal)?;
+    let mut hasher = checksum.as_ref().map(Hasher::new);
+    let stale = Duration::from_secs(s.config.stale_lock_secs);
+    let idle = Duration::from_secs(s.config.body_idle_secs);
+    let commit_every = s.config.commit_every_bytes.max(1);
+    let mut since_commit = 0u64;
+    let mut committed = up.received;
+    let mut stream = body.into_data_stream();
+    let mut complete_body = false;
+    let mut taken_over = false;
+    let expires = || now_ms() + (s.config.expires_secs as i64) * 1000;
+    let lock_until = || now_ms() + (stale.as_millis() as i64);
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(idle, stream.next()) => n,
+            _ = cancel.cancelled() => {
+                taken_over = true;
+                break;
+            }
+        };
+        let chunk = match next {
+            Err(_) => break, // the client went silent: keep what is durable
+            Ok(None) => {
+                complete_body = true;
+                break;
+            }
+            Ok(Some(Err(_))) => break, // connection cut mid-body
+            Ok(Some(Ok(c))) => c,
+        };
+        if writer.position() + chunk.len() as u64 > up.length {
+            let _ = writer.discard().await;
+            return Err(api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "past_length",
+                "the body goes past Upload-Length; nothing from this request was kept",
+            ));
+        }
+        writer.write(&chunk).await.map_err(internal)?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&chunk);
+        }
+        last_byte.store(now_ms(), Ordering::Relaxed);
+        since_commit += chunk.len() as u64;
+        if hasher.is_none() && since_commit >= commit_every {
+            since_commit = 0;
+            let c = writer.checkpoint(false).await.map_err(internal)?;
+            if c.received > up.received || !c.parts.is_empty() {
+                match record::commit(&s.db, &up, owner, &c, expires(), lock_until()).await {
+                    Ok(true) => {
+                        s.metrics.bytes.inc_by(c.received.saturating_sub(committed));
+                        committed = c.received;
+                    }
+                    Ok(false) => return Err(lost()),
+                    Err(e) => return Err(internal(e)),
+                }
+            } else if !record::refresh(&s.db, &up.id, owner, lock_until())
+                .await
+                .map_err(internal)?
+            {
+                return Err(lost());
+            }
+        }
+    }
+    if taken_over {
+        // A newer request took the upload over: it resumes from our last checkpoint.
+        let _ = writer.rollback().await;
+        return Err(lost());
+    }
+    if let (Some(h), Some(c)) = (hasher, &checksum) {
+        if !complete_body {
+            let _ = writer.discard().await;
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                "incomplete_body",
+                "the body ended early; a checksummed chunk is kept whole or not at all",
+            ));
+        }
+        if h.finish() != c.digest {
+            s.metrics.checksum_failures.inc();
+            let _ = writer.discard().await;
+            return Err(api_error(
+                StatusCode::from_u16(tus::CHECKSUM_MISMATCH).unwrap_or(StatusCode::BAD_REQUEST),
+                "checksum_mismatch",
+                "Upload-Checksum does not match the body; the chunk was discarded",
+            ));
+        }
+    }
+    let c = writer.checkpoint(true).await.map_err(internal)?;
+    match record::commit(&s.db, &up, owner, &c, expires(), lock_until()).await {
+        Ok(true) => {}
+        Ok(false) => return Err(lost()),
+        Err(e) => return Err(internal(e)),
+    }
+    s.metrics.bytes.inc_by(c.received.saturating_sub(committed));
+    let mut now = Upload {
+        received: c.received,
+        tail_size: c.tail_size.unwrap_or(up.tail_size),
+        ..up
+    };
+    if now.received == now.length {
+        if let Err(e) = writer.finish(&now).await {
+            // The bytes are durable; a retry (HEAD, then an empty PATCH) finishes the job.
+            return Err(internal(e));
+        }
+        match record::complete(&s.db, &s.queue, &now, owner).await {
+            Ok(true) => {
+                s.metrics.completed.inc();
+                now.complete = true;
+                tracing::info!(upload = %now.id, moment = %now.moment_id, "upload complete; transcode queued");
+            }
+            Ok(false) => return Err(lost()),
+            Err(e) => return Err(internal(e)),
+        }
+    }
+    Ok(now)
+}
+
+fn lost() -> Response {
+    api_error(
+        StatusCode::CONFLICT,
+        "lock_lost",
+        "another request took over this upload; HEAD for the current offset",
+    )
+}
+
+/// Deletes expired unfinished uploads (bytes and rows) every `cleanup_interval_secs`.
+pub async fn sweep_expired(s: IngestState, shutdown: CancellationToken) {
+    let every = Duration::from_secs(s.config.cleanup_interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match record::expired(&s.db, 100).await {
+            Ok(list) => {
+                for up in list {
+                    if let Err(e) = sink::remove(&s.store, &up).await {
+                        tracing::warn!(upload = %up.id, error = %e, "could not free an expired upload");
+                        continue;
+                    }
+                    if let Err(e) = record::delete(&s.db, &up).await {
+                        tracing::warn!(upload = %up.id, error = %e, "could not delete an expired upload");
+                    } else {
+                        tracing::info!(upload = %up.id, "expired upload removed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+        }
+    }
+}

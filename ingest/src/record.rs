@@ -1,0 +1,346 @@
+//! Upload rows in the metadata database: creation (with the moment, in one transaction),
+//! the write lock, durable-offset commits, completion (which queues the transcode in the same
+//! transaction) and expiry.
+
+use common::db::{Db, Error};
+use common::ids::now_ms;
+use common::moment::{self, State};
+use common::queue::{self, Queue};
+use common::store::Part;
+use sqlx::Row;
+
+/// One upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    /// Id (in `/files/{id}`).
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// The moment it becomes.
+    pub moment_id: String,
+    /// Total size.
+    pub length: u64,
+    /// Durable offset.
+    pub received: u64,
+    /// Raw `Upload-Metadata`.
+    pub metadata: String,
+    /// All bytes are in.
+    pub complete: bool,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// S3 multipart upload id, once started.
+    pub s3_upload_id: Option<String>,
+    /// Bytes in the S3 tail object (below the part size).
+    pub tail_size: u64,
+}
+
+macro_rules! cols {
+    () => {
+        "id, user_id, moment_id, length, received, metadata, state, expires_at, s3_upload_id, tail_size"
+    };
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Upload, Error> {
+    let state: String = r.try_get("state")?;
+    Ok(Upload {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        moment_id: r.try_get("moment_id")?,
+        length: r.try_get::<i64, _>("length")? as u64,
+        received: r.try_get::<i64, _>("received")? as u64,
+        metadata: r.try_get("metadata")?,
+        complete: state == "complete",
+        expires_at: r.try_get("expires_at")?,
+        s3_upload_id: r.try_get("s3_upload_id")?,
+        tail_size: r.try_get::<i64, _>("tail_size")? as u64,
+    })
+}
+
+/// The object key of an upload's bytes (the transcoder's source).
+pub fn source_key(id: &str) -> String {
+    format!("uploads/{id}")
+}
+
+/// The object key of the bytes past the last full S3 part.
+pub fn tail_key(id: &str) -> String {
+    format!("uploads/{id}.part")
+}
+
+/// Creates the upload and its moment (state `uploading`) together.
+pub async fn create(
+    db: &Db,
+    id: &str,
+    moment_id: &str,
+    user: &str,
+    length: u64,
+    metadata: &str,
+    expires_at: i64,
+) -> Result<(), Error> {
+    let now = now_ms();
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO uploads (id, user_id, moment_id, length, received, metadata, state, \
+         expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, 0, $5, 'active', $6, $7, $7)",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(moment_id)
+    .bind(length as i64)
+    .bind(metadata)
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO moments (id, user_id, state, progress, source_key, created_at, updated_at) \
+         VALUES ($1, $2, 'uploading', 0, $3, $4, $4)",
+    )
+    .bind(moment_id)
+    .bind(user)
+    .bind(source_key(id))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The upload, whoever owns it.
+pub async fn get(db: &Db, id: &str) -> Result<Option<Upload>, Error> {
+    let row = sqlx::query(concat!("SELECT ", cols!(), " FROM uploads WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Unfinished, unexpired uploads of a user.
+pub async fn count_active(db: &Db, user: &str) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM uploads WHERE user_id = $1 AND state = 'active' AND expires_at > $2",
+    )
+    .bind(user)
+    .bind(now_ms())
+    .fetch_one(db.pool())
+    .await?)
+}
+
+/// Takes the write lock until `until` (ms) unless another live holder has it.
+pub async fn lock(db: &Db, id: &str, owner: &str, until: i64) -> Result<bool, Error> {
+    let r = sqlx::query(
+        "UPDATE uploads SET lock_owner = $1, lock_until = $2 \
+         WHERE id = $3 AND (lock_owner IS NULL OR lock_until < $4 OR lock_owner = $1)",
+    )
+    .bind(owner)
+    .bind(until)
+    .bind(id)
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Extends the lock (while bytes keep arriving); false when it was lost.
+pub async fn refresh(db: &Db, id: &str, owner: &str, until: i64) -> Result<bool, Error> {
+    let r = sqlx::query("UPDATE uploads SET lock_until = $1 WHERE id = $2 AND lock_owner = $3")
+        .bind(until)
+        .bind(id)
+        .bind(owner)
+        .execute(db.pool())
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Releases the lock if still held by `owner`.
+pub async fn release(db: &Db, id: &str, owner: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE uploads SET lock_owner = NULL, lock_until = NULL WHERE id = $1 AND lock_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Reserves a fresh S3 part number (never reused, so a stale writer cannot clobber a part).
+pub async fn next_part(db: &Db, id: &str) -> Result<i32, Error> {
+    let n: i64 = sqlx::query_scalar(
+        "UPDATE uploads SET next_part = next_part + 1 WHERE id = $1 RETURNING next_part",
+    )
+    .bind(id)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(n as i32)
+}
+
+/// Records the S3 multipart upload id.
+pub async fn set_s3_upload_id(db: &Db, id: &str, upload_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE uploads SET s3_upload_id = $1 WHERE id = $2")
+        .bind(upload_id)
+        .bind(id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// What a commit makes durable.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// The new durable offset.
+    pub received: u64,
+    /// New S3 parts (number, size, etag).
+    pub parts: Vec<(Part, u64)>,
+    /// New tail size (S3), when it changed.
+    pub tail_size: Option<u64>,
+}
+
+/// Makes progress durable, if `owner` still holds the lock. Also slides the expiry and mirrors
+/// the progress on the moment.
+pub async fn commit(
+    db: &Db,
+    up: &Upload,
+    owner: &str,
+    c: &Commit,
+    expires_at: i64,
+    lock_until: i64,
+) -> Result<bool, Error> {
+    let now = now_ms();
+    let mut tx = db.pool().begin().await?;
+    let r = sqlx::query(
+        "UPDATE uploads SET received = $1, tail_size = COALESCE($2, tail_size), expires_at = $3, \
+         lock_until = $4, updated_at = $5 WHERE id = $6 AND lock_owner = $7 AND state = 'active'",
+    )
+    .bind(c.received as i64)
+    .bind(c.tail_size.map(|t| t as i64))
+    .bind(expires_at)
+    .bind(lock_until)
+    .bind(now)
+    .bind(&up.id)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    for (part, size) in &c.parts {
+        sqlx::query(
+            "INSERT INTO upload_parts (upload_id, part_number, size, etag) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&up.id)
+        .bind(i64::from(part.number))
+        .bind(*size as i64)
+        .bind(&part.etag)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let progress = if up.length == 0 {
+        0.0
+    } else {
+        c.received as f64 / up.length as f64
+    };
+    sqlx::query(
+        "UPDATE moments SET progress = $1, updated_at = $2 WHERE id = $3 AND state = 'uploading'",
+    )
+    .bind(progress.min(1.0))
+    .bind(now)
+    .bind(&up.moment_id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The committed S3 parts, ascending.
+pub async fn parts(db: &Db, id: &str) -> Result<Vec<Part>, Error> {
+    let rows = sqlx::query(
+        "SELECT part_number, etag FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
+    )
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Part {
+                number: r.try_get::<i64, _>("part_number")? as i32,
+                etag: r.try_get("etag")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks the upload complete and queues the moment's transcode, in one transaction. False when
+/// the upload was not ours to complete (lock lost or already complete).
+pub async fn complete(db: &Db, queue: &Queue, up: &Upload, owner: &str) -> Result<bool, Error> {
+    let now = now_ms();
+    let mut tx = db.pool().begin().await?;
+    let r = sqlx::query(
+        "UPDATE uploads SET state = 'complete', received = length, tail_size = 0, \
+         lock_owner = NULL, lock_until = NULL, updated_at = $1 \
+         WHERE id = $2 AND lock_owner = $3 AND state = 'active'",
+    )
+    .bind(now)
+    .bind(&up.id)
+    .bind(owner)
+    .execute(&mut *tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE moments SET state = $1, progress = 0, updated_at = $2 WHERE id = $3 AND state = 'uploading'",
+    )
+    .bind(State::Queued.as_str())
+    .bind(now)
+    .bind(&up.moment_id)
+    .execute(&mut *tx)
+    .await?;
+    queue::enqueue_on(
+        &mut tx,
+        queue.config(),
+        &moment::transcode_job(&up.moment_id),
+    )
+    .await?;
+    sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+        .bind(&up.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    queue.notify();
+    Ok(true)
+}
+
+/// Removes an upload (termination or expiry) and its moment, if it never completed.
+pub async fn delete(db: &Db, up: &Upload) -> Result<(), Error> {
+    let mut tx = db.pool().begin().await?;
+    sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+        .bind(&up.id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM uploads WHERE id = $1")
+        .bind(&up.id)
+        .execute(&mut *tx)
+        .await?;
+    if !up.complete {
+        sqlx::query("DELETE FROM moments WHERE id = $1 AND state = 'uploading'")
+            .bind(&up.moment_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Unfinished uploads whose expiry has passed.
+pub async fn expired(db: &Db, limit: i64) -> Result<Vec<Upload>, Error> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        cols!(),
+        " FROM uploads WHERE state = 'active' AND expires_at < $1 ORDER BY expires_at LIMIT $2"
+    ))
+    .bind(now_ms())
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(from_row).collect()
+}

@@ -1,0 +1,501 @@
+//! The tus protocol over real HTTP: every bad input gets its status and reason, nothing
+//! acknowledged is lost, and a completed upload queues its moment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use reqwest::{Client, Method, StatusCode};
+use sha2::Digest;
+use support::{Backend, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Tus {
+    http: Client,
+    base: String,
+    token: String,
+}
+
+impl Tus {
+    fn new(s: &Server, user: &str) -> Tus {
+        Tus {
+            http: Client::new(),
+            base: s.base(),
+            token: s.token(user),
+        }
+    }
+
+    fn req(&self, m: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(m, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("tus-resumable", "1.0.0")
+    }
+
+    async fn create(&self, len: u64) -> String {
+        let r = self
+            .req(Method::POST, "/files")
+            .header("upload-length", len.to_string())
+            .header(
+                "upload-metadata",
+                format!(
+                    "filename {},filetype {}",
+                    B64.encode("a.mp4"),
+                    B64.encode("video/mp4")
+                ),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        loc.trim_start_matches(&self.base).to_string()
+    }
+
+    async fn patch(&self, path: &str, offset: u64, body: Vec<u8>) -> reqwest::Response {
+        self.req(Method::PATCH, path)
+            .header("upload-offset", offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn offset(&self, path: &str) -> u64 {
+        let r = self.req(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+async fn reason(r: reqwest::Response) -> (StatusCode, String) {
+    let s = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    (s, v["error"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn options_advertise_the_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &Backend::Local).await;
+    let r = Client::new()
+        .request(Method::OPTIONS, format!("{}/files", s.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["tus-resumable"], "1.0.0");
+    assert_eq!(h["tus-version"], "1.0.0");
+    assert!(
+        h["tus-extension"]
+            .to_str()
+            .unwrap()
+            .contains("creation-with-upload")
+    );
+    assert!(h["tus-extension"].to_str().unwrap().contains("expiration"));
+    assert_eq!(h["tus-checksum-algorithm"], "sha1,sha256");
+    assert!(
+        h["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("Upload-Offset")
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_complete_upload_queues_its_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &Backend::Local).await;
+    let t = Tus::new(&s, "alice");
+    let data = support::data(1_500_000, 7);
+    // creation-with-upload carries the first bytes
+    let r = t
+        .req(Method::POST, "/files")
+        .header("upload-length", data.len().to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(data[..500_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["upload-offset"], "500000");
+    assert!(r.headers().contains_key("upload-expires"));
+    let moment = r.headers()["moment-id"].to_str().unwrap().to_string();
+    let path = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches(&t.base)
+        .to_string();
+    assert!(path.starts_with("/files/"));
+    let m = common::moment::get(&s.db, &moment).await.unwrap().unwrap();
+    assert_eq!(m.state, common::moment::State::Uploading);
+
+    let digest = B64.encode(sha2::Sha256::digest(&data[500_000..]));
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("upload-offset", "500000")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-checksum", format!("sha256 {digest}"))
+        .body(data[500_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["upload-offset"], data.len().to_string());
+    assert_eq!(r.headers()["moment-id"].to_str().unwrap(), moment);
+    // HEAD after completion carries the moment too
+    let h = t.req(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(h.headers()["moment-id"].to_str().unwrap(), moment);
+    assert_eq!(h.headers()["upload-length"], data.len().to_string());
+    assert_eq!(h.headers()["cache-control"], "no-store");
+
+    let m = common::moment::get(&s.db, &moment).await.unwrap().unwrap();
+    assert_eq!(m.state, common::moment::State::Queued);
+    assert_eq!(
+        support::stored_sha256(&s, &path).await,
+        support::sha256(&data)
+    );
+    let stats = s.queue.stats().await.unwrap();
+    assert_eq!(stats.queued.get("transcode"), Some(&1));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_its_status_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &Backend::Local).await;
+    let t = Tus::new(&s, "alice");
+    let path = t.create(1000).await;
+    let raw = |m: Method, p: &str| {
+        Client::new()
+            .request(m, format!("{}{p}", t.base))
+            .bearer_auth(&t.token)
+    };
+
+    // wrong or missing Tus-Resumable → 412 with Tus-Version
+    let r = raw(Method::POST, "/files")
+        .header("tus-resumable", "0.2.2")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.headers()["tus-version"], "1.0.0");
+    let r = raw(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(r.status(), 412);
+    // Upload-Length missing, negative, not a number → 400
+    for bad in [None, Some("-1"), Some("ten"), Some("1.5")] {
+        let mut b = t.req(Method::POST, "/files");
+        if let Some(v) = bad {
+            b = b.header("upload-length", v);
+        }
+        let (st, msg) = reason(b.send().await.unwrap()).await;
+        assert_eq!(st, 400, "{bad:?}");
+        assert!(msg.contains("Upload-Length"), "{msg}");
+    }
+    // over the limit → 413
+    let (st, msg) = reason(
+        t.req(Method::POST, "/files")
+            .header("upload-length", (64u64 << 20) + 1)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 413);
+    assert!(msg.contains("limit"), "{msg}");
+    // malformed metadata: bad base64, duplicate keys → 400; not a video → 415
+    for (meta, status) in [
+        ("filename !!!", 400),
+        ("a YQ==,a Yg==", 400),
+        ("filetype aW1hZ2UvanBlZw==", 415),
+    ] {
+        let r = t
+            .req(Method::POST, "/files")
+            .header("upload-length", "10")
+            .header("upload-metadata", meta)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{meta}");
+    }
+    // Upload-Offset missing or malformed → 400
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("upload-offset", "-3")
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // wrong Content-Type → 415
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("upload-offset", "0")
+        .header("content-type", "application/octet-stream")
+        .body(vec![1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // offset mismatch → 409
+    let (st, msg) = reason(t.patch(&path, 5, vec![1, 2]).await).await;
+    assert_eq!(st, 409);
+    assert!(msg.contains("does not match"), "{msg}");
+    // unsupported checksum algorithm → 400
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-checksum", format!("md5 {}", B64.encode([0u8; 16])))
+        .body(vec![1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // checksum mismatch → 460 and the chunk is dropped
+    let r = t
+        .req(Method::PATCH, &path)
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-checksum", format!("sha1 {}", B64.encode([0u8; 20])))
+        .body(vec![9u8; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 460);
+    assert_eq!(t.offset(&path).await, 0);
+    // past Upload-Length → 413 with nothing written
+    let (st, msg) = reason(t.patch(&path, 0, vec![1u8; 1001]).await).await;
+    assert_eq!(st, 413, "{msg}");
+    assert_eq!(t.offset(&path).await, 0);
+    // a good chunk still works after all that
+    assert_eq!(t.patch(&path, 0, vec![1u8; 100]).await.status(), 204);
+    assert_eq!(t.offset(&path).await, 100);
+    // unknown id → 404
+    let r = t
+        .req(Method::HEAD, "/files/00000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = t
+        .req(Method::HEAD, "/files/not-an-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // another user's upload → 404 for HEAD, PATCH and DELETE
+    let bob = Tus::new(&s, "bob");
+    assert_eq!(
+        bob.req(Method::HEAD, &path).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(bob.patch(&path, 100, vec![1]).await.status(), 404);
+    assert_eq!(
+        bob.req(Method::DELETE, &path)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(t.offset(&path).await, 100);
+    // no token → 401
+    let r = Client::new()
+        .head(format!("{}{path}", t.base))
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = Client::new()
+        .post(format!("{}/files", t.base))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // termination: gone afterwards, bytes freed
+    assert_eq!(
+        t.req(Method::DELETE, &path).send().await.unwrap().status(),
+        204
+    );
+    assert_eq!(
+        t.req(Method::HEAD, &path).send().await.unwrap().status(),
+        404
+    );
+    let id = path.rsplit('/').next().unwrap();
+    assert!(!dir.path().join(format!("objects/uploads/{id}")).exists());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn expired_uploads_answer_410_and_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = support::config();
+    cfg.expires_secs = 1;
+    cfg.cleanup_interval_secs = 1;
+    let s = Server::start_at(
+        dir.path(),
+        &Backend::Local,
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        cfg.clone(),
+    )
+    .await;
+    let t = Tus::new(&s, "alice");
+    let path = t.create(100).await;
+    assert_eq!(t.patch(&path, 0, vec![1u8; 10]).await.status(), 204);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        t.req(Method::HEAD, &path).send().await.unwrap().status(),
+        410
+    );
+    assert_eq!(t.patch(&path, 10, vec![1u8; 10]).await.status(), 410);
+    // the sweeper removes bytes and rows
+    let state = ingest::handler::IngestState::new(
+        s.db.clone(),
+        s.store.clone(),
+        s.queue.clone(),
+        std::sync::Arc::new(
+            common::auth::Auth::from_config(&Default::default(), dir.path()).unwrap(),
+        ),
+        cfg,
+        5 << 20,
+        Default::default(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sweeper = tokio::spawn(ingest::handler::sweep_expired(state, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    sweeper.await.unwrap();
+    let id = path.rsplit('/').next().unwrap();
+    assert!(ingest::record::get(&s.db, id).await.unwrap().is_none());
+    assert!(!dir.path().join(format!("objects/uploads/{id}")).exists());
+    assert_eq!(
+        t.req(Method::HEAD, &path).send().await.unwrap().status(),
+        404
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn per_user_upload_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &Backend::Local).await;
+    let t = Tus::new(&s, "alice");
+    for _ in 0..5 {
+        t.create(10).await;
+    }
+    let (st, msg) = reason(
+        t.req(Method::POST, "/files")
+            .header("upload-length", "10")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 429);
+    assert!(msg.contains("unfinished uploads"), "{msg}");
+    // other users are not affected
+    Tus::new(&s, "bob").create(10).await;
+    s.stop().await;
+}
+
+/// Sends a PATCH head promising `promised` bytes, writes `sent` of them and drops the connection.
+async fn cut_patch(s: &Server, path: &str, token: &str, offset: u64, promised: usize, sent: &[u8]) {
+    let mut sock = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {promised}\r\n\r\n",
+        s.http
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(sent).await.unwrap();
+    sock.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(sock);
+}
+
+#[tokio::test]
+async fn a_patch_cut_mid_body_keeps_durable_bytes_and_head_tells_the_truth() {
+    for backend in [
+        Backend::Local,
+        Backend::S3(std::sync::Arc::new(common::testing::S3Server::start())),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start(dir.path(), &backend).await;
+        let t = Tus::new(&s, "alice");
+        let data = support::data(12 << 20, 3);
+        let path = t.create(data.len() as u64).await;
+        // 7 MiB of a promised 12 MiB, then the connection dies
+        cut_patch(&s, &path, &t.token, 0, data.len(), &data[..7 << 20]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let offset = t.offset(&path).await;
+        assert!(offset > 0 && offset <= 7 << 20, "offset {offset}");
+        // a resume from the reported offset completes the upload intact
+        let r = t
+            .patch(&path, offset, data[offset as usize..].to_vec())
+            .await;
+        assert_eq!(r.status(), 204, "{:?}", r.text().await);
+        assert_eq!(
+            support::stored_sha256(&s, &path).await,
+            support::sha256(&data)
+        );
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_second_concurrent_patch_is_refused_and_a_dead_lock_holder_does_not_block_for_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &Backend::Local).await;
+    let t = Tus::new(&s, "alice");
+    let path = t.create(1 << 20).await;
+    // a PATCH that sends a little and then stalls (connection kept open)
+    let mut stalled = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\n\
+         Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+        s.http,
+        t.token,
+        1 << 20
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(&[5u8; 1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, msg) = reason(t.patch(&path, 0, vec![1u8; 10]).await).await;
+    assert_eq!(st, 423, "{msg}");
+    assert!(msg.contains("another request"), "{msg}");
+    // the stalled writer goes stale (2 s here); a resume then takes over from the true offset
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let offset = t.offset(&path).await;
+    let r = t.patch(&path, offset, vec![2u8; 100]).await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    assert_eq!(t.offset(&path).await, offset + 100);
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(2), stalled.read(&mut buf)).await;
+    s.stop().await;
+}

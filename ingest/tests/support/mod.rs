@@ -1,0 +1,197 @@
+//! An in-process ingest server on loopback (HTTP/1.1 + HTTP/2 and HTTP/3), over SQLite and a
+//! local store or a real S3 server, restartable on the same ports and data.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use common::auth::Auth;
+use common::db::Db;
+use common::queue::Queue;
+use common::store::{Local, Store};
+use common::testing::S3Server;
+use tokio_util::sync::CancellationToken;
+
+pub enum Backend {
+    Local,
+    S3(Arc<S3Server>),
+}
+
+pub struct Server {
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub fingerprint: String,
+    pub db: Db,
+    pub store: Store,
+    pub queue: Queue,
+    pub private_key: String,
+    pub dir: PathBuf,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn config() -> ingest::Config {
+    ingest::Config {
+        max_size: 64 * 1024 * 1024,
+        commit_every_bytes: 256 * 1024,
+        stale_lock_secs: 2,
+        body_idle_secs: 5,
+        ..Default::default()
+    }
+}
+
+impl Server {
+    pub async fn start(dir: &Path, backend: &Backend) -> Server {
+        Self::start_at(
+            dir,
+            backend,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            config(),
+        )
+        .await
+    }
+
+    pub async fn start_at(
+        dir: &Path,
+        backend: &Backend,
+        http: SocketAddr,
+        quic: SocketAddr,
+        cfg: ingest::Config,
+    ) -> Server {
+        let db = Db::connect(&format!("sqlite://{}", dir.join("m.db").display()), 4)
+            .await
+            .unwrap();
+        let store: Store = match backend {
+            Backend::Local => Arc::new(Local::open(dir.join("objects")).await.unwrap()),
+            Backend::S3(s3) => {
+                let s = common::store::S3::connect(common::store::s3::Options {
+                    bucket: "ingest".into(),
+                    prefix: "t".into(),
+                    endpoint: Some(s3.endpoint.clone()),
+                    region: "us-east-1".into(),
+                    path_style: true,
+                    part_size: 5 * 1024 * 1024,
+                    credentials: Some((s3.access_key.clone(), s3.secret_key.clone())),
+                })
+                .await
+                .unwrap();
+                let _ = s.client().create_bucket().bucket("ingest").send().await;
+                Arc::new(s)
+            }
+        };
+        let (private_key, _) = common::auth::ensure_dev_key(dir).unwrap();
+        let auth = Arc::new(Auth::from_config(&Default::default(), dir).unwrap());
+        let queue = Queue::new(db.clone(), Default::default());
+        let metrics = common::metrics::Metrics::new("test");
+        let state = ingest::handler::IngestState::new(
+            db.clone(),
+            store.clone(),
+            queue.clone(),
+            auth,
+            cfg,
+            5 * 1024 * 1024,
+            ingest::handler::IngestMetrics::register(&metrics),
+        );
+        let router: Router = ingest::handler::router(state);
+        let identity = common::server::tls::ensure_self_signed(dir).unwrap();
+        // ports may still be held for a moment after a restart
+        let mut tries = 0;
+        let listener = loop {
+            match common::server::bind_http(http).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let endpoint = common::server::h3::bind(quic, &identity).unwrap();
+        let (http, quic) = (
+            listener.local_addr().unwrap(),
+            endpoint.local_addr().unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_millis(500);
+        let tasks = vec![
+            tokio::spawn(common::server::serve_http(
+                listener,
+                router.clone(),
+                shutdown.clone(),
+                grace,
+            )),
+            tokio::spawn(common::server::h3::serve(
+                endpoint,
+                router,
+                shutdown.clone(),
+                grace,
+            )),
+        ];
+        Server {
+            http,
+            quic,
+            fingerprint: identity.fingerprint(),
+            db,
+            store,
+            queue,
+            private_key,
+            dir: dir.to_path_buf(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        common::auth::mint(&self.private_key, user, Duration::from_secs(3600)).unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.db.close().await;
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.http)
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The stored source object of the upload at `url`, hashed.
+pub async fn stored_sha256(s: &Server, url: &str) -> String {
+    let id = url.rsplit('/').next().unwrap();
+    let bytes = s
+        .store
+        .get_bytes(
+            &common::store::Key::new(format!("uploads/{id}")).unwrap(),
+            1 << 30,
+        )
+        .await
+        .unwrap();
+    sha256(&bytes)
+}
