@@ -25,7 +25,7 @@ pkgs=(
 for arg in "$@"; do
   case "$arg" in
     --browser) pkgs+=(chromium nodejs npm) ;;
-    --bench) pkgs+=(nginx-light wrk hyperfine iproute2 time) ;;
+    --bench) pkgs+=(nginx-light wrk hyperfine iproute2 time bc) ;;
     -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "install-deps: unknown option $arg" >&2; exit 2 ;;
   esac

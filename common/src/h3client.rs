@@ -34,6 +34,7 @@ pub enum Error {
 /// An open HTTP/3 connection.
 pub struct Client {
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    quic: quinn::Connection,
     endpoint: quinn::Endpoint,
     driver: tokio::task::JoinHandle<()>,
     /// The `host:port` put in request URIs.
@@ -63,6 +64,17 @@ impl Client {
         server_name: &str,
         trust: &Trust,
     ) -> Result<Client, Error> {
+        Self::connect_with(addr, server_name, trust, Default::default()).await
+    }
+
+    /// As [`Client::connect`] with a chosen congestion controller (the client is the sender of
+    /// an upload, so its controller is the one that matters).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        server_name: &str,
+        trust: &Trust,
+        congestion: crate::server::h3::Congestion,
+    ) -> Result<Client, Error> {
         let tls = client_config(trust)?;
         let crypto =
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Error::Connect {
@@ -70,20 +82,23 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-        cfg.transport_config(Arc::new(crate::server::h3::transport_config()));
+        cfg.transport_config(Arc::new(crate::server::h3::transport_config(congestion)));
         let bind: SocketAddr = if addr.is_ipv6() {
             "[::]:0".parse().unwrap_or(SocketAddr::from(([0u16; 8], 0)))
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
         let connect_err = |reason: String| Error::Connect { addr, reason };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
+        let mut endpoint = crate::server::h3::udp_socket(bind)
+            .and_then(|s| crate::server::h3::endpoint(s, None))
+            .map_err(|e| connect_err(e.to_string()))?;
         endpoint.set_default_client_config(cfg);
         let conn = endpoint
             .connect(addr, server_name)
             .map_err(|e| connect_err(e.to_string()))?
             .await
             .map_err(|e| connect_err(e.to_string()))?;
+        let quic = conn.clone();
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
             .await
             .map_err(|e| connect_err(e.to_string()))?;
@@ -92,6 +107,7 @@ impl Client {
         });
         Ok(Client {
             send,
+            quic,
             endpoint,
             driver,
             authority: addr.to_string(),
@@ -146,6 +162,11 @@ impl Client {
         stream.finish().await.map_err(rerr)?;
         let head = stream.recv_response().await.map_err(rerr)?;
         Ok(Streaming { head, stream })
+    }
+
+    /// QUIC connection statistics (losses, congestion events, path MTU, RTT).
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.quic.stats()
     }
 
     /// The request sender, for callers that stream bodies themselves.

@@ -75,7 +75,7 @@ async fn start() -> Harness {
     let listener = common::server::bind_http("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let endpoint = common::server::h3::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let endpoint = common::server::h3::bind("127.0.0.1:0".parse().unwrap(), &identity, Default::default()).unwrap();
     let (http, quic) = (
         listener.local_addr().unwrap(),
         endpoint.local_addr().unwrap(),
@@ -267,7 +267,7 @@ async fn port_in_use_is_named() {
     let identity = common::server::tls::ensure_self_signed(dir.path()).unwrap();
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let uaddr = udp.local_addr().unwrap();
-    let err = common::server::h3::bind(uaddr, &identity)
+    let err = common::server::h3::bind(uaddr, &identity, Default::default())
         .unwrap_err()
         .to_string();
     assert!(

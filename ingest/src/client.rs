@@ -85,6 +85,8 @@ pub struct Options {
     pub max_retries: u32,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// QUIC congestion controller (the client sends the bytes).
+    pub congestion: common::server::h3::Congestion,
 }
 
 /// A response.
@@ -119,6 +121,7 @@ impl Reply {
 /// HTTP/3 or HTTP/1.1, with the same calls.
 pub struct Transport {
     protocol: Protocol,
+    congestion: common::server::h3::Congestion,
     base: url_parts::Base,
     trust: Option<Trust>,
     h3: Option<h3client::Client>,
@@ -154,7 +157,12 @@ mod url_parts {
 
 impl Transport {
     /// A transport to `server`.
-    pub fn new(server: &str, protocol: Protocol, trust: Option<Trust>) -> Result<Transport, Error> {
+    pub fn new(
+        server: &str,
+        protocol: Protocol,
+        trust: Option<Trust>,
+        congestion: common::server::h3::Congestion,
+    ) -> Result<Transport, Error> {
         let base = url_parts::parse(server).map_err(Error::Config)?;
         if protocol == Protocol::Http3 && base.scheme != "https" {
             return Err(Error::Config(format!(
@@ -168,6 +176,7 @@ impl Transport {
             .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Transport {
             protocol,
+            congestion,
             base,
             trust,
             h3: None,
@@ -186,7 +195,7 @@ impl Transport {
                 .trust
                 .clone()
                 .ok_or("HTTP/3 needs --cert-sha256 or --ca-file")?;
-            let c = h3client::Client::connect(addr, &self.base.host, &trust)
+            let c = h3client::Client::connect_with(addr, &self.base.host, &trust, self.congestion)
                 .await
                 .map_err(|e| e.to_string())?;
             self.h3 = Some(c);
@@ -425,7 +434,7 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
     };
     let size = std::fs::metadata(file).map_err(ferr)?.len();
     let fp = fingerprint(file, &opts.server).map_err(ferr)?;
-    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone())?;
+    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone(), opts.congestion)?;
     let auth = format!("Bearer {}", opts.token);
     let base = [
         ("authorization", auth.clone()),
@@ -593,6 +602,18 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
         moment = r.header("moment-id").map(str::to_string);
     }
     pb.finish_and_clear();
+    if let Some(c) = &t.h3 {
+        let st = c.stats();
+        tracing::debug!(
+            lost_packets = st.path.lost_packets,
+            sent_packets = st.path.sent_packets,
+            congestion_events = st.path.congestion_events,
+            mtu = st.path.current_mtu,
+            rtt_ms = st.path.rtt.as_millis() as u64,
+            cwnd = st.path.cwnd,
+            "QUIC connection statistics"
+        );
+    }
     state.uploads.remove(&fp);
     save_state(&opts.state_file, &state);
     Ok(Uploaded {
@@ -606,7 +627,7 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
 
 /// Follows the moment's events until it is ready; returns its master playlist URL.
 pub async fn wait_ready(moment: &str, opts: &Options) -> Result<String, Error> {
-    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone())?;
+    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone(), opts.congestion)?;
     let pb = bar(
         opts.progress,
         1000,

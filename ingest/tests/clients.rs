@@ -185,6 +185,7 @@ fn options(s: &Server, dir: &Path, chunk: usize) -> Options {
         state_file: dir.join("client-state.json"),
         max_retries: 30,
         progress: false,
+        congestion: Default::default(),
     }
 }
 

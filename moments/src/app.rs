@@ -232,7 +232,11 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let listener = common::server::bind_http(config.http.addr).await?;
     let endpoint = match &identity {
-        Some(id) => Some(common::server::h3::bind(config.quic.addr, id)?),
+        Some(id) => Some(common::server::h3::bind(
+            config.quic.addr,
+            id,
+            config.quic.congestion,
+        )?),
         None => None,
     };
     let http_addr = listener.local_addr()?;

@@ -262,6 +262,7 @@ async fn upload(config: &Config, args: &UploadArgs) -> anyhow::Result<()> {
         state_file,
         max_retries: args.retries,
         progress: !args.quiet,
+        congestion: config.quic.congestion,
     };
     let done = ingest::client::upload(&args.file, &opts).await?;
     if done.resumed {

@@ -95,6 +95,12 @@ pub const ENV: &[EnvVar] = &[
         help: "HTTP/3 (QUIC, UDP) listen address (default 127.0.0.1:4433)",
     },
     EnvVar {
+        name: "MOMENTS_QUIC_CONGESTION",
+        key: "quic.congestion",
+        kind: Kind::Str,
+        help: "QUIC congestion controller: bbr, cubic or newreno (server and moments upload)",
+    },
+    EnvVar {
         name: "MOMENTS_DATABASE_URL",
         key: "database.url",
         kind: Kind::Str,

@@ -45,6 +45,9 @@ pub struct QuicConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
+    /// Congestion controller of QUIC senders (server and `moments upload`): `bbr`, `cubic`
+    /// or `newreno`.
+    pub congestion: h3::Congestion,
 }
 
 impl Default for QuicConfig {
@@ -53,6 +56,7 @@ impl Default for QuicConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 4433)),
             cert: None,
             key: None,
+            congestion: h3::Congestion::default(),
         }
     }
 }

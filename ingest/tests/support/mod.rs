@@ -112,7 +112,7 @@ impl Server {
                 Err(e) => panic!("{e}"),
             }
         };
-        let endpoint = common::server::h3::bind(quic, &identity).unwrap();
+        let endpoint = common::server::h3::bind(quic, &identity, Default::default()).unwrap();
         let (http, quic) = (
             listener.local_addr().unwrap(),
             endpoint.local_addr().unwrap(),

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Upload benchmark (run as root: it makes network namespaces). Prints two tables.
+#
+# 1. Loopback: a 200 MiB file into `moments serve --roles api,ingest` over HTTP/3 and over
+#    HTTP/1.1 with `moments upload`, against the anchor: plain `curl` sending the same bytes as
+#    one tus PATCH over HTTP/1.1 to the same server. MB/s and ratios, medians of RUNS runs.
+# 2. Lossy link: a 20 MiB file from one network namespace to another across deploy/bench/
+#    lossylink.py (user-space link emulation: this kernel has no netem), default 60 ms RTT,
+#    2% loss each way, 20 Mbit/s. Time of HTTP/3 (each QUIC congestion controller) and HTTP/1.1
+#    (Linux TCP, CUBIC), and the ratio against HTTP/1.1.
+#
+#   deploy/bench/upload.sh [RUNS]   (env: DELAY_MS=30 LOSS=0.02 RATE_MBIT=100 CHUNK=4MiB
+#                                         ONLY=loopback|lossy  CCS="cubic bbr newreno")
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+runs=${1:-3}
+delay=${DELAY_MS:-30} loss=${LOSS:-0.02} rate=${RATE_MBIT:-100} chunk=${CHUNK:-4MiB}
+only=${ONLY:-} ccs=${CCS:-bbr cubic newreno}
+[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/moments/target}
+"$root/deploy/install-deps.sh" --bench
+cargo build --release --quiet -p moments --manifest-path "$root/Cargo.toml"
+bin="$CARGO_TARGET_DIR/release/moments"
+work=$(mktemp -d /tmp/moments-upbench-XXXXXX)
+server_pid= link_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  [ -n "$link_pid" ] && kill "$link_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+clean_env() { env | grep -o '^MOMENTS_[A-Z_]*' | grep -v '^MOMENTS_TEST_' | sed 's/^/-u /' | tr '\n' ' '; }
+
+# start_server NETNS_PREFIX HTTP_ADDR QUIC_ADDR CONGESTION -> sets server_pid, fp, token
+start_server() {
+  local ns=$1 http=$2 quic=$3 cc=$4
+  rm -rf "$work/srv"; mkdir -p "$work/srv"
+  (cd "$work/srv" && exec env $(clean_env) MOMENTS_HTTP_ADDR="$http" MOMENTS_QUIC_ADDR="$quic" \
+     MOMENTS_QUIC_CONGESTION="$cc" RUST_LOG=warn $ns "$bin" serve --roles api,ingest > out.log 2> err.log) &
+  server_pid=$!
+  for _ in $(seq 100); do grep -q "SHA-256" "$work/srv/out.log" 2>/dev/null && break; sleep 0.1; done
+  fp=$(sed -n 's/.*QUIC certificate SHA-256: //p' "$work/srv/out.log")
+  [ -n "$fp" ] || { cat "$work/srv/err.log" >&2; exit 1; }
+  token=$(cd "$work/srv" && env $(clean_env) "$bin" token --user bench --ttl 2h)
+}
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
+
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>>"$work/client.err" || { tail -5 "$work/client.err" >&2; exit 1; }; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
+
+curl_upload() { # NS URL FILE
+  local ns=$1 base=$2 file=$3 size loc
+  size=$(stat -c %s "$file")
+  loc=$($ns curl -s -D - -o /dev/null -X POST -H "Authorization: Bearer $token" -H "Tus-Resumable: 1.0.0" \
+        -H "Upload-Length: $size" "$base/files" | tr -d '\r' | sed -n 's/^[Ll]ocation: //p')
+  $ns curl -s -f -o /dev/null -X PATCH -T "$file" -H "Authorization: Bearer $token" -H "Tus-Resumable: 1.0.0" \
+    -H "Upload-Offset: 0" -H "Content-Type: application/offset+octet-stream" "$loc"
+}
+
+ours() { # NS SERVER_URL PROTOCOL_FLAG... FILE
+  local ns=$1 server=$2; shift 2
+  (cd "$work/srv" && env $(clean_env) MOMENTS_QUIC_CONGESTION="${CC:-cubic}" RUST_LOG=${CLIENT_LOG:-warn} $ns "$bin" upload --quiet \
+     --state "$work/state.json" --token "$token" --cert-sha256 "$fp" --chunk-size "$chunk" --server "$server" "$@")
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---- 1. loopback ----
+if [ "$only" != lossy ]; then
+head -c $((200 * 1024 * 1024)) /dev/urandom > "$work/big.bin"
+start_server "" 127.0.0.1:18080 127.0.0.1:14433 cubic
+for i in $(seq "$runs"); do
+  echo "loopback run $i/$runs" >&2
+  secs curl_upload "" http://127.0.0.1:18080 "$work/big.bin" >> "$work/lo.curl"
+  secs ours "" http://127.0.0.1:18080 --http "$work/big.bin" >> "$work/lo.h1"
+  secs ours "" https://127.0.0.1:14433 "$work/big.bin" >> "$work/lo.h3"
+done
+stop_server
+fi
+
+# ---- 2. lossy link ----
+if [ "$only" != loopback ]; then
+head -c $((20 * 1024 * 1024)) /dev/urandom > "$work/small.bin"
+python3 "$root/deploy/bench/lossylink.py" mbA mbB --delay-ms "$delay" --loss "$loss" --rate-mbit "$rate" \
+  > "$work/link.log" 2>&1 &
+link_pid=$!
+for _ in $(seq 50); do grep -q "link up" "$work/link.log" 2>/dev/null && break; sleep 0.1; done
+A="ip netns exec mbA" B="ip netns exec mbB"
+for cc in $ccs; do
+  start_server "$A" 10.99.0.1:8080 10.99.0.1:4433 "$cc"
+  for i in $(seq "$runs"); do
+    echo "lossy link ($cc) run $i/$runs" >&2
+    [ "$cc" = "${ccs%% *}" ] && secs ours "$B" http://10.99.0.1:8080 --http "$work/small.bin" >> "$work/ll.h1"
+    CC=$cc secs ours "$B" https://10.99.0.1:4433 "$work/small.bin" >> "$work/ll.h3.$cc"
+  done
+  stop_server
+done
+fi
+
+mb() { echo "$1" | awk -v s="$2" '{printf "%.1f", s / 1048576 / $1}'; }
+if [ "$only" != lossy ]; then
+c=$(median < "$work/lo.curl") h1=$(median < "$work/lo.h1") h3=$(median < "$work/lo.h3")
+echo
+echo "Loopback, 200 MiB, median of $runs (chunks of $chunk for moments upload)"
+printf "%-40s %9s %9s %8s\n" "client / protocol" "seconds" "MB/s" "ratio"
+for row in "curl, one PATCH, HTTP/1.1 (anchor):$c" "moments upload --http (HTTP/1.1):$h1" "moments upload (HTTP/3, QUIC):$h3"; do
+  name=${row%:*} t=${row##*:}
+  printf "%-40s %9.2f %9s %8.2f\n" "$name" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)"
+done
+fi
+if [ "$only" != loopback ]; then
+t1=$(median < "$work/ll.h1")
+echo
+echo "Lossy link, 20 MiB, ${delay} ms one way ($((delay * 2)) ms RTT), loss $loss each way, $rate Mbit/s, median of $runs"
+printf "%-40s %9s %9s %12s\n" "protocol" "seconds" "MB/s" "× TCP time"
+printf "%-40s %9.2f %9s %12.2f\n" "HTTP/1.1 over TCP (CUBIC)" "$t1" "$(mb "$t1" 20971520)" 1
+for cc in $ccs; do
+  t=$(median < "$work/ll.h3.$cc")
+  printf "%-40s %9.2f %9s %12.2f\n" "HTTP/3 over QUIC ($cc)" "$t" "$(mb "$t" 20971520)" "$(echo "$t / $t1" | bc -l)"
+done
+fi
