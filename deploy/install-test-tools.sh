@@ -36,3 +36,11 @@ if [ ${#missing_py[@]} -gt 0 ]; then
   echo "install-test-tools: pip install ${missing_py[*]}" >&2
   "$venv/bin/pip" install -q "${missing_py[@]}"
 fi
+
+# npm packages for the browser tests (hls.js, playwright-core; never a downloaded browser:
+# the tests drive Debian's /usr/bin/chromium)
+browser="$root/player-test/browser"
+if [ ! -d "$browser/node_modules/hls.js" ] || [ ! -d "$browser/node_modules/playwright-core" ]; then
+  echo "install-test-tools: npm install in player-test/browser" >&2
+  (cd "$browser" && npm install --no-audit --no-fund --loglevel=error)
+fi

@@ -34,7 +34,7 @@ step() {
   echo "    ok: $name ($(( $(date +%s) - t0 )) s)"
 }
 
-step "install system packages" deploy/install-deps.sh
+step "install system packages" deploy/install-deps.sh --browser
 step "install test tools" deploy/install-test-tools.sh
 step "rustfmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings

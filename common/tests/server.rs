@@ -75,7 +75,12 @@ async fn start() -> Harness {
     let listener = common::server::bind_http("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let endpoint = common::server::h3::bind("127.0.0.1:0".parse().unwrap(), &identity, Default::default()).unwrap();
+    let endpoint = common::server::h3::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity,
+        Default::default(),
+    )
+    .unwrap();
     let (http, quic) = (
         listener.local_addr().unwrap(),
         endpoint.local_addr().unwrap(),

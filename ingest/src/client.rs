@@ -434,7 +434,12 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
     };
     let size = std::fs::metadata(file).map_err(ferr)?.len();
     let fp = fingerprint(file, &opts.server).map_err(ferr)?;
-    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone(), opts.congestion)?;
+    let mut t = Transport::new(
+        &opts.server,
+        opts.protocol,
+        opts.trust.clone(),
+        opts.congestion,
+    )?;
     let auth = format!("Bearer {}", opts.token);
     let base = [
         ("authorization", auth.clone()),
@@ -627,7 +632,12 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
 
 /// Follows the moment's events until it is ready; returns its master playlist URL.
 pub async fn wait_ready(moment: &str, opts: &Options) -> Result<String, Error> {
-    let mut t = Transport::new(&opts.server, opts.protocol, opts.trust.clone(), opts.congestion)?;
+    let mut t = Transport::new(
+        &opts.server,
+        opts.protocol,
+        opts.trust.clone(),
+        opts.congestion,
+    )?;
     let pb = bar(
         opts.progress,
         1000,

@@ -22,13 +22,30 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
     config.quic.addr = "127.0.0.1:0".parse().unwrap();
     config.transcode.x264_preset = "ultrafast".into();
     config.queue.poll_ms = 100;
-    let running = moments::app::start(config, moments::app::all_roles()).await.unwrap();
+    let running = moments::app::start(config, moments::app::all_roles())
+        .await
+        .unwrap();
     let s = running.services.clone();
 
     let src = dir.path().join("src.mp4");
     let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=500:duration=30", "-c:v", "libx264"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=30",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=500:duration=30",
+            "-c:v",
+            "libx264",
+        ])
         .args(["-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac"])
         .arg(&src)
         .output()
@@ -36,8 +53,13 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
     assert!(out.status.success());
     let id = common::ids::new_id();
     let key = Key::new(format!("uploads/{id}")).unwrap();
-    s.store.put_file(&key, &src, &PutOptions::default()).await.unwrap();
-    moment::create(&s.db, &id, "alice", State::Queued, Some(key.as_str())).await.unwrap();
+    s.store
+        .put_file(&key, &src, &PutOptions::default())
+        .await
+        .unwrap();
+    moment::create(&s.db, &id, "alice", State::Queued, Some(key.as_str()))
+        .await
+        .unwrap();
     s.queue.enqueue(&moment::transcode_job(&id)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
@@ -68,7 +90,10 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
     .await;
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert_eq!(report.played.len(), 15);
-    let down = report.switches.iter().any(|s| s.from == "720p" && s.to == "480p");
+    let down = report
+        .switches
+        .iter()
+        .any(|s| s.from == "720p" && s.to == "480p");
     let up_later = report
         .switches
         .iter()
@@ -80,10 +105,14 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
     // hls.js in Chromium
     let browser = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../player-test/browser");
     assert!(
-        browser.join("node_modules/hls.js").exists() && browser.join("node_modules/playwright-core").exists(),
+        browser.join("node_modules/hls.js").exists()
+            && browser.join("node_modules/playwright-core").exists(),
         "npm packages missing: run deploy/install-test-tools.sh"
     );
-    assert!(PathBuf::from("/usr/bin/chromium").exists(), "chromium missing: run deploy/install-deps.sh --browser");
+    assert!(
+        PathBuf::from("/usr/bin/chromium").exists(),
+        "chromium missing: run deploy/install-deps.sh --browser"
+    );
     let artifacts = browser.join("artifacts");
     let out = tokio::process::Command::new("node")
         .arg(browser.join("hls-test.mjs"))
@@ -93,9 +122,18 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
         .await
         .unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{summary}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&summary).unwrap();
-    for check in ["mse_h264", "plays_past_5s", "switches_down_when_capped", "no_fatal_error"] {
+    for check in [
+        "mse_h264",
+        "plays_past_5s",
+        "switches_down_when_capped",
+        "no_fatal_error",
+    ] {
         assert_eq!(v["checks"][check]["pass"], true, "{check}: {summary}");
     }
     assert!(artifacts.join("hls-playing.png").exists());

@@ -164,7 +164,11 @@ mod tests {
 
     /// Simulates 2 s segments of each rung's size under a bandwidth function of time, in
     /// virtual time; returns the rung chosen for each segment and the stall time.
-    fn simulate(bandwidth: impl Fn(f64) -> f64, segments: usize, start: usize) -> (Vec<usize>, f64) {
+    fn simulate(
+        bandwidth: impl Fn(f64) -> f64,
+        segments: usize,
+        start: usize,
+    ) -> (Vec<usize>, f64) {
         let mut c = Controller::new(Params::default(), RUNGS.to_vec(), start);
         let (mut t, mut buffer, mut stalled) = (0.0f64, 0.0f64, 0.0f64);
         let mut picks = Vec::new();
@@ -213,7 +217,13 @@ mod tests {
     #[test]
     fn a_drop_switches_down_fast_and_a_recovery_switches_up_without_stalls() {
         // 8 Mbit/s, then 1 Mbit/s for 12 s, then 8 Mbit/s again
-        let trace = |t: f64| if (20.0..32.0).contains(&t) { 1_000_000.0 } else { 8_000_000.0 };
+        let trace = |t: f64| {
+            if (20.0..32.0).contains(&t) {
+                1_000_000.0
+            } else {
+                8_000_000.0
+            }
+        };
         let (picks, stall) = simulate(trace, 40, 0);
         let down = picks.windows(2).any(|w| w[1] < w[0]);
         let up_after_down = picks
@@ -249,8 +259,15 @@ mod tests {
         }
         assert_eq!(c.choose(20.0), 2);
         c.observe(125_000, 1.0); // one segment at 1 Mbit/s
-        assert!(c.estimate().unwrap() > 10_000_000.0, "the averages still remember 20 Mbit/s");
-        assert_eq!(c.choose(20.0), 0, "but the last segment's rate forces the switch down");
+        assert!(
+            c.estimate().unwrap() > 10_000_000.0,
+            "the averages still remember 20 Mbit/s"
+        );
+        assert_eq!(
+            c.choose(20.0),
+            0,
+            "but the last segment's rate forces the switch down"
+        );
         for _ in 0..3 {
             c.observe(125_000, 1.0); // the drop lasts
         }
@@ -258,6 +275,10 @@ mod tests {
         c.observe(2_500_000, 1.0); // a rise goes up one rung per segment
         assert_eq!(c.choose(20.0), 1);
         assert_eq!(c.choose(20.0), 2);
-        assert!(Controller::new(Params::default(), vec![], 0).estimate().is_none());
+        assert!(
+            Controller::new(Params::default(), vec![], 0)
+                .estimate()
+                .is_none()
+        );
     }
 }

@@ -40,13 +40,28 @@ pub fn decode(init: &[u8], segment: &[u8]) -> Result<(), String> {
     let mut input = init.to_vec();
     input.extend_from_slice(segment);
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-nostdin", "-hide_banner", "-v", "error", "-xerror", "-i", "pipe:0", "-f", "null", "-"]);
+    cmd.args([
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-xerror",
+        "-i",
+        "pipe:0",
+        "-f",
+        "null",
+        "-",
+    ]);
     let (_, stderr, ok) = run(cmd, input)?;
     let msg = String::from_utf8_lossy(&stderr).trim().to_string();
     if !ok || !msg.is_empty() {
         return Err(format!(
             "does not decode cleanly: {}",
-            if msg.is_empty() { "ffmpeg failed".into() } else { msg.lines().take(3).collect::<Vec<_>>().join(" / ") }
+            if msg.is_empty() {
+                "ffmpeg failed".into()
+            } else {
+                msg.lines().take(3).collect::<Vec<_>>().join(" / ")
+            }
         ));
     }
     Ok(())
@@ -57,10 +72,21 @@ pub fn probe(init: &[u8], segment: &[u8]) -> Result<Probe, String> {
     let mut input = init.to_vec();
     input.extend_from_slice(segment);
     let mut cmd = Command::new("ffprobe");
-    cmd.args(["-v", "error", "-show_streams", "-of", "json", "-i", "pipe:0"]);
+    cmd.args([
+        "-v",
+        "error",
+        "-show_streams",
+        "-of",
+        "json",
+        "-i",
+        "pipe:0",
+    ]);
     let (stdout, stderr, ok) = run(cmd, input)?;
     if !ok {
-        return Err(format!("ffprobe failed: {}", String::from_utf8_lossy(&stderr).trim()));
+        return Err(format!(
+            "ffprobe failed: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ));
     }
     let v: serde_json::Value =
         serde_json::from_slice(&stdout).map_err(|e| format!("ffprobe output: {e}"))?;
@@ -116,12 +142,16 @@ pub fn compare(codecs: Option<&str>, resolution: Option<(u64, u64)>, p: &Probe) 
             if let (Some(name), Some(pidc)) = (&p.profile, pidc)
                 && profile_idc(name).is_some_and(|x| x != pidc)
             {
-                out.push(format!("CODECS says {avc} but the stream's profile is {name}"));
+                out.push(format!(
+                    "CODECS says {avc} but the stream's profile is {name}"
+                ));
             }
             if let (Some(l), Some(level)) = (p.level, level)
                 && l != level
             {
-                out.push(format!("CODECS says level {level} but the stream's level is {l}"));
+                out.push(format!(
+                    "CODECS says level {level} but the stream's level is {l}"
+                ));
             }
         }
         _ => out.push(format!("CODECS {codecs:?} has no avc1.PPCCLL entry")),
@@ -153,11 +183,32 @@ mod tests {
 
     #[test]
     fn matching_and_mismatching_codecs() {
-        assert!(compare(Some("avc1.64001f,mp4a.40.2"), Some((1280, 720)), &p(1280, 720, "High", 31, true)).is_empty());
-        assert!(compare(Some("avc1.42c01e"), Some((854, 480)), &p(854, 480, "Constrained Baseline", 30, false)).is_empty());
-        let m = compare(Some("avc1.64001f,mp4a.40.2"), Some((1920, 1080)), &p(1280, 720, "Main", 40, false));
+        assert!(
+            compare(
+                Some("avc1.64001f,mp4a.40.2"),
+                Some((1280, 720)),
+                &p(1280, 720, "High", 31, true)
+            )
+            .is_empty()
+        );
+        assert!(
+            compare(
+                Some("avc1.42c01e"),
+                Some((854, 480)),
+                &p(854, 480, "Constrained Baseline", 30, false)
+            )
+            .is_empty()
+        );
+        let m = compare(
+            Some("avc1.64001f,mp4a.40.2"),
+            Some((1920, 1080)),
+            &p(1280, 720, "Main", 40, false),
+        );
         assert_eq!(m.len(), 4, "{m:?}");
         assert_eq!(compare(None, None, &p(1, 1, "High", 1, false)).len(), 1);
-        assert_eq!(compare(Some("hvc1.1"), None, &p(1, 1, "High", 1, false)).len(), 1);
+        assert_eq!(
+            compare(Some("hvc1.1"), None, &p(1, 1, "High", 1, false)).len(),
+            1
+        );
     }
 }

@@ -112,12 +112,17 @@ impl Fetcher {
         if let Some((len, off)) = range {
             req = req.header("range", format!("bytes={off}-{}", off + len.max(1) - 1));
         }
-        let resp = req.send().await.map_err(|e| v(format!("request failed: {e}")))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| v(format!("request failed: {e}")))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(v(format!("HTTP {status}")));
         }
-        resp.bytes().await.map_err(|e| v(format!("body cut short: {e}")))
+        resp.bytes()
+            .await
+            .map_err(|e| v(format!("body cut short: {e}")))
     }
 
     /// Reads the master playlist and every media playlist it names. Problems are returned
@@ -220,7 +225,10 @@ impl Fetcher {
             segments.push(Segment {
                 url: resolve(url, &s.uri),
                 duration: f64::from(s.duration),
-                range: s.byte_range.as_ref().map(|r| (r.length, r.offset.unwrap_or(0))),
+                range: s
+                    .byte_range
+                    .as_ref()
+                    .map(|r| (r.length, r.offset.unwrap_or(0))),
             });
         }
         if init.is_none() {
@@ -270,7 +278,10 @@ mod tests {
             resolve("http://h/hls/x/720p/index.m3u8", "seg_00001.m4s"),
             "http://h/hls/x/720p/seg_00001.m4s"
         );
-        assert_eq!(resolve("http://h/a/b.m3u8", "https://cdn/x.m4s"), "https://cdn/x.m4s");
+        assert_eq!(
+            resolve("http://h/a/b.m3u8", "https://cdn/x.m4s"),
+            "https://cdn/x.m4s"
+        );
     }
 
     #[test]

@@ -74,7 +74,11 @@ async fn main() -> ExitCode {
             }
         }
     } else {
-        println!("played {} segments ({} clock)", report.played.len(), report.clock);
+        println!(
+            "played {} segments ({} clock)",
+            report.played.len(),
+            report.clock
+        );
         println!("startup      {} ms", report.startup_ms);
         println!("avg bitrate  {} kbit/s", report.avg_kbps);
         println!("bytes        {}", report.bytes);

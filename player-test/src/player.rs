@@ -255,7 +255,16 @@ pub async fn play(url: &str, opts: &Options) -> Report {
         }
     }
     if opts.check_all {
-        check_all(&fetcher, rungs, &report.played, &mut inits, opts.decode, &mut probed, &mut violations).await;
+        check_all(
+            &fetcher,
+            rungs,
+            &report.played,
+            &mut inits,
+            opts.decode,
+            &mut probed,
+            &mut violations,
+        )
+        .await;
     }
     if media_secs > 0.0 {
         report.avg_kbps = (media_bits / media_secs / 100.0).round() / 10.0;
@@ -309,7 +318,9 @@ async fn check_all(
                 continue;
             }
             let (i2, d2) = (init.clone(), data.clone());
-            if let Ok(Err(msg)) = tokio::task::spawn_blocking(move || decode::decode(&i2, &d2)).await {
+            if let Ok(Err(msg)) =
+                tokio::task::spawn_blocking(move || decode::decode(&i2, &d2)).await
+            {
                 violations.push(Violation {
                     url: seg.url.clone(),
                     message: msg,
@@ -318,7 +329,9 @@ async fn check_all(
             if !probed[r] {
                 probed[r] = true;
                 let (i2, d2) = (init.clone(), data);
-                if let Ok(Ok(p)) = tokio::task::spawn_blocking(move || decode::probe(&i2, &d2)).await {
+                if let Ok(Ok(p)) =
+                    tokio::task::spawn_blocking(move || decode::probe(&i2, &d2)).await
+                {
                     for m in decode::compare(rung.codecs.as_deref(), rung.resolution, &p) {
                         violations.push(Violation {
                             url: rung.url.clone(),

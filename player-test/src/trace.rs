@@ -32,7 +32,9 @@ impl Trace {
             };
             let mut parts = line.split_whitespace();
             let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(err(format!("expected `<start second> <kbit/s>`, got {line:?}")));
+                return Err(err(format!(
+                    "expected `<start second> <kbit/s>`, got {line:?}"
+                )));
             };
             let start: f64 = a
                 .parse()
@@ -122,7 +124,12 @@ mod tests {
         assert_eq!(Trace::parse("0 8000\nabc 1").unwrap_err().line, 2);
         assert!(Trace::parse("0 0").is_err());
         assert!(Trace::parse("0 -5").is_err());
-        assert!(Trace::parse("0 100\n0 200").unwrap_err().message.contains("does not come after"));
+        assert!(
+            Trace::parse("0 100\n0 200")
+                .unwrap_err()
+                .message
+                .contains("does not come after")
+        );
         assert!(Trace::parse("0 100 7").is_err());
         assert!(Trace::parse("-1 100").is_err());
         assert!(Trace::parse("0 inf").is_err());

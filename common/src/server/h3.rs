@@ -70,7 +70,11 @@ pub const UDP_BUFFER_BYTES: usize = 4 << 20;
 /// A UDP socket bound to `addr` with large send and receive buffers.
 pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         let _ = socket.set_only_v6(false);
@@ -105,21 +109,23 @@ pub fn bind(
         .map_err(|e| Error::Tls(format!("TLS config unusable for QUIC: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config(congestion)));
-    udp_socket(addr).and_then(|s| endpoint(s, Some(cfg))).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            Error::AddrInUse {
-                proto: "UDP",
-                addr,
-                var: "MOMENTS_QUIC_ADDR",
+    udp_socket(addr)
+        .and_then(|s| endpoint(s, Some(cfg)))
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                Error::AddrInUse {
+                    proto: "UDP",
+                    addr,
+                    var: "MOMENTS_QUIC_ADDR",
+                }
+            } else {
+                Error::Bind {
+                    proto: "UDP",
+                    addr,
+                    source,
+                }
             }
-        } else {
-            Error::Bind {
-                proto: "UDP",
-                addr,
-                source,
-            }
-        }
-    })
+        })
 }
 
 /// Serves `router` over HTTP/3 on `endpoint` until `shutdown`, then sends GOAWAY, waits up to
