@@ -21,7 +21,7 @@ use crate::config::Config;
 /// What one process does. `moments serve` runs every role; scale-out splits them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// The HTTP API: moment status, tickets, the HLS origin.
+    /// The HTTP API: moment status, tickets, the HLS origin, voice Q&A.
     Api,
     /// Resumable uploads (tus), also over QUIC.
     Ingest,
@@ -78,6 +78,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// The durable job queue.
     pub queue: Queue,
+    /// Voice Q&A (engines loaded once).
+    pub voice: Arc<asr_tts::voice::Voice>,
 }
 
 impl Services {
@@ -92,6 +94,16 @@ impl Services {
         let auth = Arc::new(Auth::from_config(&config.auth, &config.data_dir)?);
         let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
         let queue = Queue::new(db.clone(), config.queue.clone());
+        let (tts, asr) = asr_tts::engines(&config.voice)?;
+        let voice = Arc::new(asr_tts::voice::Voice::new(
+            config.voice.clone(),
+            db.clone(),
+            store.clone(),
+            queue.clone(),
+            tts,
+            asr,
+            Some(asr_tts::voice::VoiceMetrics::register(&metrics)),
+        ));
         Ok(Services {
             config: Arc::new(config),
             db,
@@ -99,6 +111,7 @@ impl Services {
             auth,
             metrics,
             queue,
+            voice,
         })
     }
 
@@ -152,6 +165,10 @@ impl Services {
                 .merge(packager::origin::router(packager::origin::OriginState {
                     store: self.store.clone(),
                     db: self.db.clone(),
+                }))
+                .merge(asr_tts::api::router(asr_tts::api::VoiceState {
+                    voice: self.voice.clone(),
+                    auth: self.auth.clone(),
                 }));
         }
         router.layer(axum::middleware::from_fn_with_state(
@@ -171,15 +188,28 @@ impl Services {
             self.config.packager.clone(),
             Some(tm),
         );
-        let handlers = vec![transcode::job::handler(transcoder)];
-        tokio::spawn(common::queue::run_workers(
+        // Separate pools: a long transcode never holds up a session's summary.
+        let transcoding = common::queue::run_workers(
             self.queue.clone(),
-            handlers,
+            vec![transcode::job::handler(transcoder)],
             self.config.transcode.workers,
-            "worker",
+            "transcode",
+            Some(qm.clone()),
+            shutdown.clone(),
+        );
+        let summaries = common::queue::run_workers(
+            self.queue.clone(),
+            vec![Arc::new(asr_tts::summary::Summarizer::new(
+                self.voice.clone(),
+            ))],
+            1,
+            "summary",
             Some(qm),
             shutdown,
-        ))
+        );
+        tokio::spawn(async move {
+            tokio::join!(transcoding, summaries);
+        })
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Config {
     pub transcode: transcode::Config,
     /// HLS packaging and publishing.
     pub packager: packager::Config,
+    /// Voice Q&A.
+    pub voice: asr_tts::Config,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             ingest: Default::default(),
             transcode: Default::default(),
             packager: Default::default(),
+            voice: Default::default(),
         }
     }
 }
@@ -143,6 +146,24 @@ pub const ENV: &[EnvVar] = &[
         help: "transcode jobs run at once per process (default 1)",
     },
     EnvVar {
+        name: "MOMENTS_LLM_URL",
+        key: "voice.llm_url",
+        kind: Kind::Str,
+        help: "OpenAI-compatible base URL (e.g. https://api.deepseek.com/v1); unset: the local question writer",
+    },
+    EnvVar {
+        name: "MOMENTS_LLM_MODEL",
+        key: "voice.llm_model",
+        kind: Kind::Str,
+        help: "LLM model name (default deepseek-chat)",
+    },
+    EnvVar {
+        name: "MOMENTS_LLM_API_KEY",
+        key: "voice.llm_api_key",
+        kind: Kind::Str,
+        help: "LLM API key (sent as a bearer token)",
+    },
+    EnvVar {
         name: "MOMENTS_LOG_FORMAT",
         key: "log.format",
         kind: Kind::Str,
@@ -198,6 +219,25 @@ mod tests {
             c.storage.url_or_default(&c.data_dir),
             "file://./data/objects"
         );
+    }
+
+    #[test]
+    fn the_readme_sample_file_is_every_key_at_its_default() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("A complete file with every key at its default")
+            .expect("the README has its sample config");
+        let block = &readme[start..];
+        let body = block
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("\n```").next())
+            .expect("a toml block");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("moments.toml");
+        std::fs::write(&file, body).unwrap();
+        let c = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]

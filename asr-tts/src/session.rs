@@ -1,0 +1,500 @@
+//! One voice Q&A session over a WebSocket.
+//!
+//! Client → server: `{"type":"answer_start","format":F}` (F: wav, pcm16, ogg, webm, mp3, m4a),
+//! binary audio frames, `{"type":"answer_done"}`. Server → client: `question_delta`,
+//! `sentence`, `audio_start` + binary frames + `audio_end` (each sentence a complete stream),
+//! `transcript_partial` / `transcript`, `round_done`, `metrics`, `error`.
+//!
+//! Round 1 starts when the socket opens. Each round: the question is written and spoken; the
+//! client answers; the answer is transcribed (partials stream for pcm16 and wav); the next
+//! round digs deeper. A new `answer_start` during a question stops it at once (barge-in), and a
+//! client that leaves stops everything: no work goes on for a gone client.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::asr::Recognizer;
+use crate::audio::{self, Format};
+use crate::llm::Context;
+use crate::store;
+use crate::voice::{AudioOut, Out, Voice};
+
+/// What the client sent, as the session sees it.
+#[derive(Debug)]
+enum In {
+    Start(Format),
+    Audio(bytes::Bytes),
+    Done,
+    /// A message we do not understand (already answered with an `error`).
+    Bad,
+}
+
+fn parse(msg: Message, out: &mpsc::Sender<Out>) -> Option<In> {
+    match msg {
+        Message::Binary(b) => Some(In::Audio(b)),
+        Message::Text(t) => {
+            let v: Value = match serde_json::from_str(t.as_str()) {
+                Ok(v) => v,
+                Err(_) => {
+                    let _ = out.try_send(Out::Json(json!({"type": "error", "message": "messages must be JSON objects with a \"type\""})));
+                    return Some(In::Bad);
+                }
+            };
+            match v["type"].as_str() {
+                Some("answer_start") => match v["format"].as_str().and_then(Format::parse) {
+                    Some(f) => Some(In::Start(f)),
+                    None => {
+                        let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("unknown answer format {}; use wav, pcm16, ogg, webm, mp3 or m4a", v["format"])})));
+                        Some(In::Bad)
+                    }
+                },
+                Some("answer_done") => Some(In::Done),
+                other => {
+                    let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("unknown message type {}", other.map_or("(none)".to_string(), |t| format!("{t:?}")))})));
+                    Some(In::Bad)
+                }
+            }
+        }
+        Message::Close(_) => None,
+        _ => Some(In::Bad),
+    }
+}
+
+/// An answer being received.
+struct Answer {
+    format: Format,
+    bytes: Vec<u8>,
+    /// Streaming recognition for formats we can decode as they arrive (pcm16, wav).
+    live: Option<Box<dyn Recognizer>>,
+    /// For wav: (channels, rate, data offset) once the header is in.
+    wav: Option<(u16, u32, usize)>,
+    fed: usize,
+    samples: usize,
+    last_partial: Instant,
+    partial: String,
+}
+
+/// Runs a session on an upgraded socket until it ends.
+pub async fn run(voice: Arc<Voice>, session: store::Session, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
+    let cancel = CancellationToken::new();
+    // writer: everything to the client goes through one task, in order
+    let writer = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                let msg = match m {
+                    Out::Json(v) => Message::Text(v.to_string().into()),
+                    Out::Binary(b) => Message::Binary(b),
+                };
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+            cancel.cancel();
+            let _ = sink.close().await;
+        })
+    };
+    // reader: client messages into a channel; a gone client cancels everything
+    let (in_tx, mut in_rx) = mpsc::channel::<In>(256);
+    let reader = {
+        let out = out_tx.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Some(m) = parse(msg, &out) else { break };
+                if in_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            cancel.cancel();
+        })
+    };
+
+    let result = rounds(&voice, &session, &out_tx, &mut in_rx, &cancel).await;
+    let _ = store::close_session(&voice.db, &session.id).await;
+    if result.answered > 0 {
+        // memory: summarise this session's answers for the next one
+        let _ = voice
+            .queue
+            .enqueue(&common::queue::NewJob {
+                kind: crate::summary::KIND.to_string(),
+                payload: json!({"session": session.id}),
+                dedup_key: Some(format!("{}:{}", crate::summary::KIND, session.id)),
+                max_attempts: None,
+            })
+            .await;
+    }
+    // The reader holds a sender too: stop it first so the writer can flush and close.
+    reader.abort();
+    let _ = reader.await;
+    drop(out_tx);
+    let _ = writer.await;
+    cancel.cancel();
+    tracing::info!(session = %session.id, answered = result.answered, "voice session ended");
+}
+
+struct Outcome {
+    answered: u32,
+}
+
+async fn rounds(
+    voice: &Arc<Voice>,
+    session: &store::Session,
+    out: &mpsc::Sender<Out>,
+    input: &mut mpsc::Receiver<In>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let format = AudioOut::parse(&session.audio_format).unwrap_or(AudioOut::Ogg);
+    let mut outcome = Outcome { answered: 0 };
+    let profile = store::profile(&voice.db, &session.user_id)
+        .await
+        .unwrap_or_default();
+    let moment = common::moment::get(&voice.db, &session.moment_id)
+        .await
+        .ok()
+        .flatten();
+    let facts = moment
+        .as_ref()
+        .map(describe)
+        .unwrap_or_else(|| "a short video".to_string());
+    let poster = voice.poster_b64(&session.moment_id).await;
+    let mut history: Vec<(String, String)> = Vec::new();
+    for round in 1..=voice.config.max_rounds {
+        let ctx = Context {
+            round,
+            moment: facts.clone(),
+            poster_b64: if round == 1 { poster.clone() } else { None },
+            memory: (!profile.summary.is_empty()).then(|| profile.summary.clone()),
+            tags: profile.tags.clone(),
+            history: history.clone(),
+        };
+        // the question, while listening for a barge-in or a gone client
+        let q_cancel = cancel.child_token();
+        let mut pending: Option<In> = None;
+        let asked = {
+            let ask = voice.ask(&ctx, format, out, &q_cancel);
+            tokio::pin!(ask);
+            loop {
+                tokio::select! {
+                    r = &mut ask => break r.ok(),
+                    m = input.recv() => match m {
+                        None => {
+                            q_cancel.cancel();
+                            return outcome;
+                        }
+                        Some(In::Start(f)) => {
+                            q_cancel.cancel(); // barge-in: stop writing and speaking at once
+                            pending = Some(In::Start(f));
+                            let _ = (&mut ask).await;
+                            break None;
+                        }
+                        Some(In::Audio(_)) | Some(In::Done) => {
+                            let _ = out.send(Out::Json(json!({"type": "error", "message": "send answer_start before the answer's audio"}))).await;
+                        }
+                        Some(In::Bad) => {}
+                    },
+                }
+            }
+        };
+        if cancel.is_cancelled() {
+            return outcome;
+        }
+        let question = match &asked {
+            Some(a) => {
+                let _ = store::put_question(&voice.db, &session.id, round, &a.text, a.writer).await;
+                let _ = store::add_usage(
+                    &voice.db,
+                    &session.id,
+                    a.usage.0,
+                    a.usage.1,
+                    a.writer != "llm",
+                )
+                .await;
+                a.text.clone()
+            }
+            None => {
+                let text = "(interrupted)".to_string();
+                let _ =
+                    store::put_question(&voice.db, &session.id, round, &text, "interrupted").await;
+                text
+            }
+        };
+        // the answer
+        let Some(transcript) = answer(voice, round, out, input, pending, cancel).await else {
+            return outcome;
+        };
+        let _ = store::put_answer(&voice.db, &session.id, round, &transcript).await;
+        outcome.answered += 1;
+        let _ = out
+            .send(Out::Json(json!({"type": "round_done", "round": round})))
+            .await;
+        history.push((question, transcript));
+    }
+    outcome
+}
+
+/// The moment as words for the prompt.
+fn describe(m: &common::moment::Moment) -> String {
+    let dur = m.renditions["duration"].as_f64();
+    let first = &m.renditions["renditions"][0];
+    let shape = match (first["width"].as_u64(), first["height"].as_u64()) {
+        (Some(w), Some(h)) if h > w => "portrait",
+        (Some(_), Some(_)) => "landscape",
+        _ => "",
+    };
+    match dur {
+        Some(d) => format!("a {d:.0}-second {shape} video").replace("  ", " "),
+        None => "a short video".to_string(),
+    }
+}
+
+/// Collects one answer and transcribes it. `None` when the client left.
+async fn answer(
+    voice: &Arc<Voice>,
+    round: u32,
+    out: &mpsc::Sender<Out>,
+    input: &mut mpsc::Receiver<In>,
+    mut pending: Option<In>,
+    cancel: &CancellationToken,
+) -> Option<String> {
+    let max_bytes = voice.config.max_answer_bytes as usize;
+    let max_secs = voice.config.max_answer_secs;
+    let mut current: Option<Answer> = None;
+    loop {
+        let msg = match pending.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = input.recv() => m?,
+                _ = cancel.cancelled() => return None,
+            },
+        };
+        match msg {
+            In::Start(format) => {
+                // a new answer replaces one in progress
+                let live = match format {
+                    Format::Pcm16 | Format::Wav => {
+                        let asr = voice.asr.clone();
+                        tokio::task::spawn_blocking(move || asr.start().ok())
+                            .await
+                            .ok()
+                            .flatten()
+                    }
+                    _ => None,
+                };
+                current = Some(Answer {
+                    format,
+                    bytes: Vec::new(),
+                    live,
+                    wav: None,
+                    fed: 0,
+                    samples: 0,
+                    last_partial: Instant::now(),
+                    partial: String::new(),
+                });
+            }
+            In::Audio(b) => {
+                let Some(a) = current.as_mut() else {
+                    let _ = out.send(Out::Json(json!({"type": "error", "message": "send answer_start before the answer's audio"}))).await;
+                    continue;
+                };
+                if a.bytes.len() + b.len() > max_bytes {
+                    let _ = out
+                        .send(Out::Json(json!({"type": "error", "message": format!("the answer is over the {max_secs:.0} s / {max_bytes} byte limit; it was discarded — start a new answer")})))
+                        .await;
+                    current = None;
+                    continue;
+                }
+                a.bytes.extend_from_slice(&b);
+                if let Some(text) = feed_live(voice, a, max_secs).await {
+                    let _ = out
+                        .send(Out::Json(
+                            json!({"type": "transcript_partial", "round": round, "text": text}),
+                        ))
+                        .await;
+                }
+                if a.samples as f64 / 16_000.0 > max_secs {
+                    let _ = out
+                        .send(Out::Json(json!({"type": "error", "message": format!("the answer is longer than {max_secs:.0} s; it was discarded — start a new answer")})))
+                        .await;
+                    current = None;
+                }
+            }
+            In::Done => {
+                let Some(a) = current.take() else {
+                    let _ = out
+                        .send(Out::Json(
+                            json!({"type": "error", "message": "answer_done without an answer"}),
+                        ))
+                        .await;
+                    continue;
+                };
+                match finish(voice, a).await {
+                    Ok(text) => {
+                        let _ = out
+                            .send(Out::Json(
+                                json!({"type": "transcript", "round": round, "text": text}),
+                            ))
+                            .await;
+                        return Some(text);
+                    }
+                    Err(msg) => {
+                        // the session stays usable: the client can answer again
+                        let _ = out
+                            .send(Out::Json(json!({"type": "error", "message": msg})))
+                            .await;
+                    }
+                }
+            }
+            In::Bad => {}
+        }
+    }
+}
+
+/// Turns raw answer bytes into 16 kHz mono samples.
+type ToPcm16k = Box<dyn Fn(&[u8]) -> Vec<i16> + Send>;
+
+/// Feeds newly arrived pcm16/wav samples to the live recogniser; returns a new partial at most
+/// twice a second.
+async fn feed_live(voice: &Arc<Voice>, a: &mut Answer, _max_secs: f64) -> Option<String> {
+    a.live.as_ref()?;
+    let (start, to16k): (usize, ToPcm16k) = match a.format {
+        Format::Pcm16 => (
+            0,
+            Box::new(|b: &[u8]| {
+                b.chunks_exact(2)
+                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                    .collect()
+            }),
+        ),
+        Format::Wav => {
+            if a.wav.is_none() {
+                a.wav = audio::wav_header(&a.bytes);
+            }
+            let (ch, rate, off) = a.wav?;
+            (
+                off,
+                Box::new(move |b: &[u8]| {
+                    let s: Vec<f32> = b
+                        .chunks_exact(2)
+                        .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+                        .collect();
+                    let mono = crate::resample::to_mono(&s, usize::from(ch.max(1)));
+                    crate::resample::to_i16(&crate::resample::resample(&mono, rate, 16_000))
+                }),
+            )
+        }
+        _ => return None,
+    };
+    let from = a.fed.max(start);
+    // whole frames only (2 bytes per sample per channel; wav may be stereo)
+    let frame = match (a.format, a.wav) {
+        (Format::Wav, Some((ch, _, _))) => 2 * usize::from(ch.max(1)),
+        _ => 2,
+    };
+    let usable = (a.bytes.len().saturating_sub(from) / frame) * frame;
+    // feed in steps of at least ~0.25 s so resampling has context
+    if usable < 8000 {
+        return None;
+    }
+    let pcm = to16k(&a.bytes[from..from + usable]);
+    a.fed = from + usable;
+    a.samples += pcm.len();
+    let mut r = a.live.take()?;
+    let want_partial = a.last_partial.elapsed().as_millis() >= 500;
+    let (r, partial) = tokio::task::spawn_blocking(move || {
+        let ok = r.feed(&pcm).is_ok();
+        let p = if want_partial && ok {
+            Some(r.partial())
+        } else {
+            None
+        };
+        (r, p)
+    })
+    .await
+    .ok()?;
+    a.live = Some(r);
+    let _ = voice;
+    match partial {
+        Some(p) if !p.is_empty() && p != a.partial => {
+            a.last_partial = Instant::now();
+            a.partial = p.clone();
+            Some(p)
+        }
+        _ => None,
+    }
+}
+
+/// Decodes (when not streamed) and recognises the whole answer.
+async fn finish(voice: &Arc<Voice>, mut a: Answer) -> Result<String, String> {
+    let max_secs = voice.config.max_answer_secs;
+    if a.bytes.is_empty() {
+        return Err("the answer is empty".into());
+    }
+    let started = Instant::now();
+    let result = match a.live.take() {
+        Some(mut r) => {
+            // the rest of the streamed samples, then the final hypothesis
+            let rest = match a.format {
+                Format::Pcm16 => {
+                    let from = a.fed;
+                    a.bytes[from..]
+                        .chunks_exact(2)
+                        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                        .collect::<Vec<i16>>()
+                }
+                _ => match audio::wav_header(&a.bytes) {
+                    Some((ch, rate, off)) => {
+                        let from = a.fed.max(off);
+                        let s: Vec<f32> = a.bytes[from..]
+                            .chunks_exact(2)
+                            .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+                            .collect();
+                        let mono = crate::resample::to_mono(&s, usize::from(ch.max(1)));
+                        crate::resample::to_i16(&crate::resample::resample(&mono, rate, 16_000))
+                    }
+                    None => return Err(audio::Error::Mismatch(a.format.name()).to_string()),
+                },
+            };
+            let total = a.samples + rest.len();
+            if total == 0 {
+                return Err(audio::Error::Silent.to_string());
+            }
+            let secs = total as f64 / 16_000.0;
+            tokio::task::spawn_blocking(move || {
+                r.feed(&rest).map_err(|e| e.to_string())?;
+                r.finish().map_err(|e| e.to_string()).map(|t| (t, secs))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+        None => {
+            let asr = voice.asr.clone();
+            let (bytes, format) = (std::mem::take(&mut a.bytes), a.format);
+            tokio::task::spawn_blocking(move || {
+                let pcm = audio::decode(&bytes, format, max_secs).map_err(|e| e.to_string())?;
+                let secs = pcm.len() as f64 / 16_000.0;
+                asr.transcribe(&pcm)
+                    .map_err(|e| e.to_string())
+                    .map(|t| (t, secs))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
+    let (text, secs) = result?;
+    if secs > 0.0 {
+        voice
+            .metrics
+            .asr_rtf
+            .observe(started.elapsed().as_secs_f64() / secs);
+    }
+    Ok(text)
+}
