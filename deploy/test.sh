@@ -12,6 +12,9 @@
 #   MOMENTS_TEST_PG_URL     PostgreSQL where tests may create databases
 #                           (default postgres://postgres@127.0.0.1:5432/test)
 #   MOMENTS_TEST_REQUIRE_PG 1: fail instead of skipping when PostgreSQL is unreachable
+#   MOMENTS_TEST_MODELS_DIR where the neural voice models are installed for the tests
+#                           (default ~/.cache/moments/models, shared by clones)
+#   MOMENTS_TEST_REQUIRE_MODELS 1: fail instead of skipping the neural engines' tests
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -36,6 +39,8 @@ step() {
 
 step "install system packages" deploy/install-deps.sh --browser
 step "install test tools" deploy/install-test-tools.sh
+export MOMENTS_TEST_MODELS_DIR=${MOMENTS_TEST_MODELS_DIR:-$HOME/.cache/moments/models}
+step "install neural voice models" deploy/install-models.sh "$MOMENTS_TEST_MODELS_DIR"
 step "rustfmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "deploy files (hadolint, compose schema)" deploy/lint-deploy.sh

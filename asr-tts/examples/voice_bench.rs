@@ -2,7 +2,10 @@
 //! path: LLM stream → splitter → TTS → Opus) against the anchor — waiting for the whole LLM
 //! reply, then synthesising it — under the same LLM timing (a local SSE server: first token
 //! after 400 ms, then 40 ms per token, a five-sentence reply). Also the TTS and ASR real-time
-//! factors. Prints a table; run with:
+//! factors. Every measurement runs for each engine pair in the same run: eSpeak NG +
+//! pocketsphinx, and Piper + Whisper when their models are installed (`MOMENTS_MODELS_DIR`,
+//! default `~/.cache/moments/models`; `deploy/install-models.sh` installs them), plus Piper's
+//! RTF with 1 and 2 intra-op threads. Prints tables; run with:
 //!
 //!   cargo run --release -p asr-tts --example voice_bench [RUNS]
 
@@ -51,17 +54,22 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main]
-async fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
-    let app = Router::new().route("/v1/chat/completions", post(chat));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
+struct Row {
+    label: String,
+    first_audio: f64,
+    after_token: f64,
+    anchor: f64,
+    anchor_after_token: f64,
+    sentence_to_audio: f64,
+    speak_ms: f64,
+    tts: &'static str,
+    tts_rtf: f64,
+    asr: &'static str,
+    asr_rtf: f64,
+    speech_secs: f64,
+}
 
+async fn measure(label: &str, config: asr_tts::Config, url: &str, runs: usize) -> Row {
     let dir = tempfile::tempdir().unwrap();
     let db = common::db::Db::connect(
         &format!("sqlite://{}", dir.path().join("b.db").display()),
@@ -75,10 +83,6 @@ async fn main() {
             .unwrap(),
     );
     let queue = common::queue::Queue::new(db.clone(), Default::default());
-    let config = asr_tts::Config {
-        llm_url: Some(url.clone()),
-        ..Default::default()
-    };
     let (tts, asr) = asr_tts::engines(&config).unwrap();
     let voice = Arc::new(Voice::new(
         config,
@@ -90,7 +94,7 @@ async fn main() {
         None,
     ));
     let llm = OpenAi::new(OpenAiConfig {
-        url,
+        url: url.to_string(),
         model: "bench".into(),
         api_key: None,
         connect_timeout: Duration::from_secs(5),
@@ -166,10 +170,8 @@ async fn main() {
         anchor_after_token.push((fa - ft.unwrap()).as_secs_f64() * 1000.0);
     }
 
-    // real-time factors on the reply's sentences
-    let mut split = asr_tts::splitter::Splitter::default();
-    let mut sentences = split.push(REPLY);
-    sentences.extend(split.finish());
+    // real-time factors on the reply's sentences (ASR hears what this TTS said)
+    let sentences = sentences();
     let (mut synth, mut audio, mut rec) = (0.0, 0.0, 0.0);
     let mut speak_ms = vec![];
     for _ in 0..runs {
@@ -182,16 +184,118 @@ async fn main() {
         let speech = tts.synthesize(s).unwrap();
         synth += t.elapsed().as_secs_f64();
         audio += speech.seconds();
-        let mono: Vec<f32> = speech
-            .samples
-            .iter()
-            .map(|v| f32::from(*v) / 32768.0)
-            .collect();
-        let pcm =
-            asr_tts::resample::to_i16(&asr_tts::resample::resample(&mono, speech.rate, 16_000));
+        let pcm = to_16k(&speech);
         let t = Instant::now();
         let _ = asr.transcribe(&pcm).unwrap();
         rec += t.elapsed().as_secs_f64();
+    }
+    Row {
+        label: label.to_string(),
+        first_audio: median(ours),
+        after_token: median(ours_after_token),
+        anchor: median(anchor),
+        anchor_after_token: median(anchor_after_token),
+        sentence_to_audio: median(sentence_to_audio),
+        speak_ms: median(speak_ms),
+        tts: tts.name(),
+        tts_rtf: synth / audio,
+        asr: asr.name(),
+        asr_rtf: rec / audio,
+        speech_secs: audio,
+    }
+}
+
+fn sentences() -> Vec<String> {
+    let mut split = asr_tts::splitter::Splitter::default();
+    let mut sentences = split.push(REPLY);
+    sentences.extend(split.finish());
+    sentences
+}
+
+fn to_16k(speech: &asr_tts::tts::Speech) -> Vec<i16> {
+    let mono: Vec<f32> = speech
+        .samples
+        .iter()
+        .map(|v| f32::from(*v) / 32768.0)
+        .collect();
+    asr_tts::resample::to_i16(&asr_tts::resample::resample(&mono, speech.rate, 16_000))
+}
+
+/// Piper's RTF over the reply's sentences with `threads` intra-op threads.
+fn piper_rtf(models: &std::path::Path, threads: usize, runs: usize) -> f64 {
+    let p = asr_tts::piper::Piper::load(
+        &models.join(asr_tts::PIPER_VOICE),
+        &models.join(asr_tts::ONNXRUNTIME_LIB),
+        threads,
+        asr_tts::tts::Espeak { wpm: 165 },
+    )
+    .unwrap();
+    let sentences = sentences();
+    let mut rtfs = vec![];
+    for _ in 0..runs {
+        let (mut synth, mut audio) = (0.0, 0.0);
+        for s in &sentences {
+            let t = Instant::now();
+            let speech = asr_tts::tts::Tts::synthesize(&p, s).unwrap();
+            synth += t.elapsed().as_secs_f64();
+            audio += speech.seconds();
+        }
+        rtfs.push(synth / audio);
+    }
+    median(rtfs)
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
+    let app = Router::new().route("/v1/chat/completions", post(chat));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let models = std::env::var_os("MOMENTS_MODELS_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/moments/models"))
+        })
+        .filter(|d| d.join(".installed-v1").is_file());
+    let mut rows = vec![
+        measure(
+            "eSpeak NG + pocketsphinx",
+            asr_tts::Config {
+                llm_url: Some(url.clone()),
+                tts_engine: asr_tts::TtsEngine::EspeakNg,
+                asr_engine: asr_tts::AsrEngine::Pocketsphinx,
+                ..Default::default()
+            },
+            &url,
+            runs,
+        )
+        .await,
+    ];
+    match &models {
+        Some(m) => rows.push(
+            measure(
+                "Piper + Whisper",
+                asr_tts::Config {
+                    llm_url: Some(url.clone()),
+                    tts_engine: asr_tts::TtsEngine::Piper,
+                    asr_engine: asr_tts::AsrEngine::Whisper,
+                    models_dir: Some(m.clone()),
+                    ..Default::default()
+                },
+                &url,
+                runs,
+            )
+            .await,
+        ),
+        None => println!(
+            "(neural models not installed: run deploy/install-models.sh ~/.cache/moments/models to compare Piper and Whisper)"
+        ),
     }
 
     let tokens = REPLY.split_inclusive(' ').count() as u64;
@@ -200,41 +304,52 @@ async fn main() {
         FIRST_TOKEN_MS + tokens * PER_TOKEN_MS
     );
     println!(
-        "{:<44}{:>18}{:>22}",
-        "approach", "first audio (ms)", "after 1st token (ms)"
+        "{:<28}{:<34}{:>18}{:>22}",
+        "engines", "approach", "first audio (ms)", "after 1st token (ms)"
     );
-    let (o, oa, a, aa) = (
-        median(ours),
-        median(ours_after_token),
-        median(anchor),
-        median(anchor_after_token),
-    );
+    for r in &rows {
+        println!(
+            "{:<28}{:<34}{:>18.0}{:>22.0}",
+            r.label, "sentence streaming (Voice::ask)", r.first_audio, r.after_token
+        );
+        println!(
+            "{:<28}{:<34}{:>18.0}{:>22.0}",
+            r.label, "whole reply, then TTS (anchor)", r.anchor, r.anchor_after_token
+        );
+        println!(
+            "{:<28}{:<34}{:>18.1}{:>22.1}",
+            r.label,
+            "anchor / streaming",
+            r.anchor / r.first_audio,
+            r.anchor_after_token / r.after_token
+        );
+    }
+    println!();
     println!(
-        "{:<44}{:>18.0}{:>22.0}",
-        "sentence streaming (Voice::ask)", o, oa
+        "{:<28}{:>22}{:>18}{:>10}{:>16}{:>10}",
+        "engines", "sentence→audio (ms)", "speak() (ms)", "TTS RTF", "ASR", "ASR RTF"
     );
-    println!(
-        "{:<44}{:>18.0}{:>22.0}",
-        "whole reply, then TTS (anchor)", a, aa
-    );
-    println!(
-        "{:<44}{:>18.1}{:>22.1}",
-        "anchor / streaming",
-        a / o,
-        aa / oa
-    );
-    println!(
-        "first sentence complete → its first audio byte (pipeline cost): {:.0} ms median; one sentence speak() (TTS + Opus): {:.0} ms median",
-        median(sentence_to_audio),
-        median(speak_ms)
-    );
-    println!(
-        "TTS {}: RTF {:.3} ({:.2} s of speech in {:.2} s); ASR {}: RTF {:.3}",
-        tts.name(),
-        synth / audio,
-        audio,
-        synth,
-        asr.name(),
-        rec / audio
-    );
+    for r in &rows {
+        println!(
+            "{:<28}{:>22.0}{:>18.0}{:>10.3}{:>16}{:>10.3}   ({} / {}; {:.1} s of speech)",
+            r.label,
+            r.sentence_to_audio,
+            r.speak_ms,
+            r.tts_rtf,
+            r.asr,
+            r.asr_rtf,
+            r.tts,
+            r.asr,
+            r.speech_secs
+        );
+    }
+    if let Some(m) = &models {
+        println!();
+        for threads in [1, 2] {
+            println!(
+                "Piper RTF with {threads} intra-op thread(s): {:.3} (median of {runs})",
+                piper_rtf(m, threads, runs)
+            );
+        }
+    }
 }

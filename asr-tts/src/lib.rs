@@ -16,6 +16,7 @@ pub mod audio;
 pub mod espeak;
 pub mod gst;
 pub mod llm;
+pub mod piper;
 pub mod resample;
 pub mod session;
 pub mod sphinx;
@@ -24,6 +25,7 @@ pub mod store;
 pub mod summary;
 pub mod tts;
 pub mod voice;
+pub mod whisper;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +68,98 @@ pub struct Config {
     pub espeak_wpm: i32,
     /// Directory of the pocketsphinx model.
     pub pocketsphinx_model: PathBuf,
+    /// Which TTS engine speaks English: `auto` (Piper when its files are installed, else
+    /// eSpeak NG), `piper` or `espeak-ng`. Mandarin is always eSpeak NG.
+    pub tts_engine: TtsEngine,
+    /// Which ASR engine listens: `auto` (Whisper when installed, else pocketsphinx), `whisper`
+    /// or `pocketsphinx`.
+    pub asr_engine: AsrEngine,
+    /// Where `deploy/install-models.sh` put the neural engines' files (`MOMENTS_MODELS_DIR`;
+    /// unset: `$DATA/models`).
+    pub models_dir: Option<PathBuf>,
+    /// A CTranslate2 Whisper model directory (unset: `{models_dir}/whisper-tiny.en`).
+    pub whisper_model: Option<PathBuf>,
+    /// The language Whisper transcribes (English-only models need `en`).
+    pub whisper_language: String,
+    /// CPU threads for one Whisper decode (0: all cores).
+    pub whisper_threads: usize,
+    /// A Piper voice `.onnx` with its `.onnx.json` beside it (unset:
+    /// `{models_dir}/piper/en_US-joe-medium.onnx`).
+    pub piper_voice: Option<PathBuf>,
+    /// ONNX Runtime's shared library (unset: `{models_dir}/onnxruntime/libonnxruntime.so.1.32.0`).
+    pub onnxruntime: Option<PathBuf>,
+    /// Intra-op threads for one Piper synthesis (0: all cores).
+    pub piper_threads: usize,
+}
+
+/// TTS engine choice.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TtsEngine {
+    /// Piper when installed, else eSpeak NG.
+    #[default]
+    Auto,
+    /// Piper (falls back to eSpeak NG, with a warning, when it cannot load).
+    Piper,
+    /// eSpeak NG.
+    EspeakNg,
+}
+
+/// ASR engine choice.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AsrEngine {
+    /// Whisper when installed, else pocketsphinx.
+    #[default]
+    Auto,
+    /// Whisper (falls back to pocketsphinx, with a warning, when it cannot load).
+    Whisper,
+    /// pocketsphinx.
+    Pocketsphinx,
+}
+
+/// The ONNX Runtime library `deploy/install-models.sh` installs.
+pub const ONNXRUNTIME_LIB: &str = "onnxruntime/libonnxruntime.so.1.32.0";
+/// The Piper voice `deploy/install-models.sh` installs.
+pub const PIPER_VOICE: &str = "piper/en_US-joe-medium.onnx";
+/// The Whisper model `deploy/install-models.sh` installs.
+pub const WHISPER_MODEL: &str = "whisper-tiny.en";
+
+impl Config {
+    fn models_dir(&self) -> PathBuf {
+        self.models_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data/models"))
+    }
+
+    /// The Whisper model directory in use.
+    pub fn whisper_model_path(&self) -> PathBuf {
+        self.whisper_model
+            .clone()
+            .unwrap_or_else(|| self.models_dir().join(WHISPER_MODEL))
+    }
+
+    /// The Piper voice in use.
+    pub fn piper_voice_path(&self) -> PathBuf {
+        self.piper_voice
+            .clone()
+            .unwrap_or_else(|| self.models_dir().join(PIPER_VOICE))
+    }
+
+    /// The ONNX Runtime library in use.
+    pub fn onnxruntime_path(&self) -> PathBuf {
+        self.onnxruntime
+            .clone()
+            .unwrap_or_else(|| self.models_dir().join(ONNXRUNTIME_LIB))
+    }
+}
+
+fn threads(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 impl Default for Config {
@@ -87,6 +181,15 @@ impl Default for Config {
             max_sentence_chars: 180,
             espeak_wpm: 165,
             pocketsphinx_model: PathBuf::from(sphinx::DEFAULT_MODEL_DIR),
+            tts_engine: TtsEngine::Auto,
+            asr_engine: AsrEngine::Auto,
+            models_dir: None,
+            whisper_model: None,
+            whisper_language: "en".into(),
+            whisper_threads: 0,
+            piper_voice: None,
+            onnxruntime: None,
+            piper_threads: 1,
         }
     }
 }
@@ -108,18 +211,74 @@ pub enum Error {
 /// A TTS and an ASR engine.
 pub type Engines = (Arc<dyn tts::Tts>, Arc<dyn asr::Asr>);
 
-/// The engines this build has, loaded once (model loading is slow; do it at start).
+/// The engines, loaded once at start (model loading is slow). Neural engines are preferred as
+/// configured; one that is not installed or does not load gives way to the older engine, with
+/// one log line saying which engine serves and why. Errors only when even the fallbacks
+/// (eSpeak NG, pocketsphinx, GStreamer) cannot start.
 pub fn engines(config: &Config) -> Result<Engines, Error> {
-    let tts = tts::Espeak {
+    gst::init()?;
+    tts::Espeak::new()?;
+    let espeak = tts::Espeak {
         wpm: config.espeak_wpm,
     };
-    tts::Espeak::new()?;
-    gst::init()?;
-    let asr = asr::PocketSphinx::new(&config.pocketsphinx_model)?;
-    tracing::info!(
-        tts = "espeak-ng",
-        asr = "pocketsphinx",
-        "voice engines ready"
-    );
-    Ok((Arc::new(tts), Arc::new(asr)))
+    let tts: Arc<dyn tts::Tts> = match config.tts_engine {
+        TtsEngine::EspeakNg => {
+            tracing::info!(engine = "espeak-ng", "TTS: eSpeak NG (configured)");
+            Arc::new(espeak)
+        }
+        choice => {
+            let voice = config.piper_voice_path();
+            let started = std::time::Instant::now();
+            match piper::Piper::load(
+                &voice,
+                &config.onnxruntime_path(),
+                threads(config.piper_threads),
+                espeak.clone(),
+            ) {
+                Ok(p) => {
+                    tracing::info!(engine = "piper", voice = %voice.display(), load_ms = started.elapsed().as_millis() as u64, "TTS: Piper (Mandarin: eSpeak NG)");
+                    Arc::new(p)
+                }
+                Err(piper::LoadError::Missing(f)) if choice == TtsEngine::Auto => {
+                    tracing::info!(engine = "espeak-ng", missing = %f.display(), "TTS: eSpeak NG — Piper is not installed (deploy/install-models.sh installs it)");
+                    Arc::new(espeak)
+                }
+                Err(e) => {
+                    tracing::warn!(engine = "espeak-ng", error = %e, "TTS: eSpeak NG — Piper could not be loaded");
+                    Arc::new(espeak)
+                }
+            }
+        }
+    };
+    let sphinx = |why: &str, detail: String| -> Result<Arc<dyn asr::Asr>, Error> {
+        let a = asr::PocketSphinx::new(&config.pocketsphinx_model)?;
+        tracing::info!(engine = "pocketsphinx", detail = %detail, "ASR: pocketsphinx — {why}");
+        Ok(Arc::new(a))
+    };
+    let asr: Arc<dyn asr::Asr> = match config.asr_engine {
+        AsrEngine::Pocketsphinx => sphinx("configured", String::new())?,
+        choice => {
+            let dir = config.whisper_model_path();
+            let started = std::time::Instant::now();
+            match whisper::Whisper::load(
+                &dir,
+                threads(config.whisper_threads),
+                &config.whisper_language,
+            ) {
+                Ok(w) => {
+                    tracing::info!(engine = "whisper", model = %dir.display(), load_ms = started.elapsed().as_millis() as u64, "ASR: Whisper");
+                    Arc::new(whisper::WhisperAsr::new(w))
+                }
+                Err(whisper::LoadError::Missing(f)) if choice == AsrEngine::Auto => sphinx(
+                    "Whisper is not installed (deploy/install-models.sh installs it)",
+                    format!("missing {}", f.display()),
+                )?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Whisper could not be loaded");
+                    sphinx("Whisper could not be loaded", e.to_string())?
+                }
+            }
+        }
+    };
+    Ok((tts, asr))
 }

@@ -25,12 +25,17 @@ use crate::llm::Context;
 use crate::store;
 use crate::voice::{AudioOut, Out, Voice};
 
+/// The longest typed answer.
+const MAX_TYPED_CHARS: usize = 2000;
+
 /// What the client sent, as the session sees it.
 #[derive(Debug)]
 enum In {
     Start(Format),
     Audio(bytes::Bytes),
     Done,
+    /// A typed answer (when the client has no microphone).
+    Text(String),
     /// A message we do not understand (already answered with an `error`).
     Bad,
 }
@@ -55,6 +60,15 @@ fn parse(msg: Message, out: &mpsc::Sender<Out>) -> Option<In> {
                     }
                 },
                 Some("answer_done") => Some(In::Done),
+                Some("answer_text") => match v["text"].as_str().map(str::trim) {
+                    Some(t) if !t.is_empty() && t.chars().count() <= MAX_TYPED_CHARS => {
+                        Some(In::Text(t.to_string()))
+                    }
+                    _ => {
+                        let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("answer_text needs a \"text\" of 1 to {MAX_TYPED_CHARS} characters")})));
+                        Some(In::Bad)
+                    }
+                },
                 other => {
                     let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("unknown message type {}", other.map_or("(none)".to_string(), |t| format!("{t:?}")))})));
                     Some(In::Bad)
@@ -190,9 +204,9 @@ async fn rounds(
                             q_cancel.cancel();
                             return outcome;
                         }
-                        Some(In::Start(f)) => {
+                        Some(m @ (In::Start(_) | In::Text(_))) => {
                             q_cancel.cancel(); // barge-in: stop writing and speaking at once
-                            pending = Some(In::Start(f));
+                            pending = Some(m);
                             let _ = (&mut ask).await;
                             break None;
                         }
@@ -327,6 +341,14 @@ async fn answer(
                     current = None;
                 }
             }
+            In::Text(text) => {
+                let _ = out
+                    .send(Out::Json(
+                        json!({"type": "transcript", "round": round, "text": text, "engine": "typed"}),
+                    ))
+                    .await;
+                return Some(text);
+            }
             In::Done => {
                 let Some(a) = current.take() else {
                     let _ = out
@@ -340,7 +362,7 @@ async fn answer(
                     Ok(text) => {
                         let _ = out
                             .send(Out::Json(
-                                json!({"type": "transcript", "round": round, "text": text}),
+                                json!({"type": "transcript", "round": round, "text": text, "engine": voice.asr.name()}),
                             ))
                             .await;
                         return Some(text);

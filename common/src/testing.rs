@@ -7,6 +7,10 @@
 //! script), which turns the skip into a failure so CI can never pass without really running it.
 //!
 //! S3: `s3s-fs` from `PATH` or `~/.cargo/bin` (installed by `deploy/install-test-tools.sh`).
+//!
+//! Neural voice models: `MOMENTS_TEST_MODELS_DIR` (default `~/.cache/moments/models`, where
+//! `deploy/test.sh` installs them with `deploy/install-models.sh`). Tests of the neural engines
+//! are skipped with a notice when they are not there, unless `MOMENTS_TEST_REQUIRE_MODELS=1`.
 
 #![allow(clippy::expect_used)] // test support: failing loudly is the point
 
@@ -117,6 +121,31 @@ where
         f(db.clone()).await;
         db.close().await;
     }
+}
+
+/// The neural voice models directory, when installed (see the module docs); `None` with a
+/// printed notice otherwise, or a panic when `MOMENTS_TEST_REQUIRE_MODELS=1`.
+pub fn voice_models() -> Option<PathBuf> {
+    let dir = std::env::var_os("MOMENTS_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/moments/models"))
+        })?;
+    if dir.join(".installed-v1").is_file() {
+        return Some(dir);
+    }
+    let required = std::env::var("MOMENTS_TEST_REQUIRE_MODELS").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "neural voice models are required (MOMENTS_TEST_REQUIRE_MODELS=1) but not installed in {}: run deploy/install-models.sh {}",
+        dir.display(),
+        dir.display()
+    );
+    eprintln!(
+        "NOTICE: neural voice models not installed in {} — skipping (deploy/install-models.sh installs them)",
+        dir.display()
+    );
+    None
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).

@@ -1,0 +1,283 @@
+//! Whisper: CTranslate2 through `ct2rs` (a Whisper model in CTranslate2 format, e.g. tiny.en,
+//! with a `preprocessor_config.json` beside it). The model sees 30 s windows: an answer is
+//! transcribed window by window (each window once, when it is full, cut at the quietest moment
+//! of its last [`CUT_SEARCH`] so a word is not split), and partial transcripts re-decode only
+//! the growing last window, at most once per [`PARTIAL_STEP`] of new audio.
+//! English-only models cannot detect a language, so the language is always given.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::asr::{Asr, Error, Recognizer};
+
+/// Samples per model window (30 s at 16 kHz).
+pub const WINDOW: usize = 30 * 16_000;
+/// New audio needed before a partial transcript is decoded again (1.5 s).
+pub const PARTIAL_STEP: usize = 24_000;
+/// How far back from a full window the cut looks for a pause (5 s).
+pub const CUT_SEARCH: usize = 5 * 16_000;
+
+/// Where to cut a full window: the start of its quietest 50 ms in the last [`CUT_SEARCH`].
+fn quiet_cut(window: &[f32]) -> usize {
+    const FRAME: usize = 800;
+    let from = window.len().saturating_sub(CUT_SEARCH);
+    let mut best = (f32::MAX, window.len());
+    let mut at = from;
+    while at + FRAME <= window.len() {
+        let energy: f32 = window[at..at + FRAME].iter().map(|v| v * v).sum();
+        if energy < best.0 {
+            best = (energy, at + FRAME / 2);
+        }
+        at += FRAME / 2;
+    }
+    best.1.max(1)
+}
+
+/// Files a model directory must hold.
+pub const MODEL_FILES: [&str; 4] = [
+    "model.bin",
+    "config.json",
+    "tokenizer.json",
+    "preprocessor_config.json",
+];
+
+/// Why a model could not be loaded; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file is missing.
+    #[error("{0} is missing")]
+    Missing(PathBuf),
+    /// CTranslate2 refused the model.
+    #[error("{path} could not be loaded as a CTranslate2 Whisper model: {reason}")]
+    Model {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A loaded Whisper model.
+pub struct Whisper {
+    model: ct2rs::Whisper,
+    language: String,
+    options: ct2rs::WhisperOptions,
+}
+
+impl std::fmt::Debug for Whisper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Whisper")
+            .field("language", &self.language)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Whisper {
+    /// Loads the model in `dir` with `threads` CPU threads, transcribing `language` (e.g.
+    /// `en`), and transcribes a moment of silence to prove it runs.
+    pub fn load(dir: &Path, threads: usize, language: &str) -> Result<Whisper, LoadError> {
+        for f in MODEL_FILES {
+            let p = dir.join(f);
+            if !p.is_file() {
+                return Err(LoadError::Missing(p));
+            }
+        }
+        let config = ct2rs::Config {
+            num_threads_per_replica: threads.max(1),
+            ..Default::default()
+        };
+        let model = ct2rs::Whisper::new(dir, config).map_err(|e| LoadError::Model {
+            path: dir.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        let w = Whisper {
+            model,
+            language: language.to_string(),
+            options: ct2rs::WhisperOptions {
+                beam_size: 1,
+                ..Default::default()
+            },
+        };
+        w.decode(&vec![0.0; 8000]).map_err(|e| LoadError::Model {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(w)
+    }
+
+    /// Transcribes 16 kHz mono samples in [-1, 1] of any length: longer than a window is
+    /// done window by window, each cut at a pause.
+    pub fn decode(&self, samples: &[f32]) -> Result<String, Error> {
+        let mut parts = Vec::new();
+        let mut rest = samples;
+        while rest.len() > WINDOW {
+            let cut = quiet_cut(&rest[..WINDOW]);
+            parts.push(self.decode_window(&rest[..cut])?);
+            rest = &rest[cut..];
+        }
+        parts.push(self.decode_window(rest)?);
+        Ok(parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" "))
+    }
+
+    /// Transcribes at most one window.
+    fn decode_window(&self, samples: &[f32]) -> Result<String, Error> {
+        if samples.is_empty() {
+            return Ok(String::new());
+        }
+        let parts = self
+            .model
+            .generate(samples, Some(&self.language), false, &self.options)
+            .map_err(|e| Error::Engine(format!("whisper: {e:#}")))?;
+        Ok(clean(&parts.join(" ")))
+    }
+}
+
+/// Whisper's text, tidied: single spaces, no bracketed non-speech tags (`[BLANK_AUDIO]`,
+/// `(music)`).
+fn clean(text: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0usize;
+    for c in text.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The Whisper engine.
+#[derive(Debug, Clone)]
+pub struct WhisperAsr {
+    model: Arc<Whisper>,
+}
+
+impl WhisperAsr {
+    /// Wraps a loaded model.
+    pub fn new(model: Whisper) -> WhisperAsr {
+        WhisperAsr {
+            model: Arc::new(model),
+        }
+    }
+}
+
+fn to_f32(pcm: &[i16]) -> impl Iterator<Item = f32> + '_ {
+    pcm.iter().map(|s| f32::from(*s) / 32768.0)
+}
+
+struct Utterance {
+    model: Arc<Whisper>,
+    /// Samples of the window being filled.
+    window: Vec<f32>,
+    /// Text of the full windows so far.
+    done: Vec<String>,
+    /// Window length at the last partial decode, and its text.
+    partial_at: usize,
+    partial: String,
+}
+
+impl Utterance {
+    fn text_with(&self, tail: &str) -> String {
+        let mut parts: Vec<&str> = self.done.iter().map(String::as_str).collect();
+        parts.push(tail);
+        parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl Recognizer for Utterance {
+    fn feed(&mut self, pcm: &[i16]) -> Result<(), Error> {
+        let mut rest = pcm;
+        while !rest.is_empty() {
+            let room = WINDOW - self.window.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.window.extend(to_f32(now));
+            rest = later;
+            if self.window.len() == WINDOW {
+                // decode up to a pause; what follows it starts the next window
+                let cut = quiet_cut(&self.window);
+                let text = self.model.decode_window(&self.window[..cut])?;
+                self.done.push(text);
+                self.window.drain(..cut);
+                self.partial_at = 0;
+                self.partial.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn partial(&mut self) -> String {
+        if self.window.len() >= self.partial_at + PARTIAL_STEP {
+            if let Ok(t) = self.model.decode_window(&self.window) {
+                self.partial = t;
+            }
+            self.partial_at = self.window.len();
+        }
+        self.text_with(&self.partial)
+    }
+
+    fn finish(self: Box<Self>) -> Result<String, Error> {
+        let tail = if self.window.len() == self.partial_at && self.partial_at > 0 {
+            self.partial.clone()
+        } else {
+            self.model.decode_window(&self.window)?
+        };
+        Ok(self.text_with(&tail))
+    }
+}
+
+impl Asr for WhisperAsr {
+    fn name(&self) -> &'static str {
+        "whisper"
+    }
+
+    fn start(&self) -> Result<Box<dyn Recognizer>, Error> {
+        Ok(Box::new(Utterance {
+            model: self.model.clone(),
+            window: Vec::with_capacity(WINDOW),
+            done: Vec::new(),
+            partial_at: 0,
+            partial: String::new(),
+        }))
+    }
+
+    fn transcribe(&self, pcm: &[i16]) -> Result<String, Error> {
+        let samples: Vec<f32> = to_f32(pcm).collect();
+        self.model.decode(&samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_cut_at_the_quietest_moment_near_their_end() {
+        // loud everywhere but a 0.2 s pause 2 s before the end
+        let mut w = vec![0.5f32; WINDOW];
+        let pause = WINDOW - 32_000;
+        for v in &mut w[pause..pause + 3200] {
+            *v = 0.0;
+        }
+        let cut = quiet_cut(&w);
+        assert!((pause..pause + 3200).contains(&cut), "{cut} not in the pause at {pause}");
+        // a pause earlier than the search range is not used
+        let mut w = vec![0.5f32; WINDOW];
+        for v in &mut w[1000..20_000] {
+            *v = 0.0;
+        }
+        assert!(quiet_cut(&w) >= WINDOW - CUT_SEARCH);
+    }
+
+    #[test]
+    fn non_speech_tags_are_dropped() {
+        assert_eq!(clean(" Hello  world. [BLANK_AUDIO]"), "Hello world.");
+        assert_eq!(clean("(music) Yes (laughs) we did"), "Yes we did");
+        assert_eq!(clean("[unclosed"), "");
+    }
+}
