@@ -66,6 +66,7 @@ struct Row {
     tts_rtf: f64,
     asr: &'static str,
     asr_rtf: f64,
+    asr_rtf_joined: f64,
     speech_secs: f64,
 }
 
@@ -174,6 +175,7 @@ async fn measure(label: &str, config: asr_tts::Config, url: &str, runs: usize) -
     let sentences = sentences();
     let (mut synth, mut audio, mut rec) = (0.0, 0.0, 0.0);
     let mut speak_ms = vec![];
+    let mut joined: Vec<i16> = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
         let _ = speak(&*tts, &sentences[0], AudioOut::Ogg).unwrap();
@@ -185,11 +187,17 @@ async fn measure(label: &str, config: asr_tts::Config, url: &str, runs: usize) -
         synth += t.elapsed().as_secs_f64();
         audio += speech.seconds();
         let pcm = to_16k(&speech);
+        joined.extend(&pcm);
         let t = Instant::now();
         let _ = asr.transcribe(&pcm).unwrap();
         rec += t.elapsed().as_secs_f64();
     }
+    // the same speech as one answer (how a user answers: one recording, not five)
+    let t = Instant::now();
+    let _ = asr.transcribe(&joined).unwrap();
+    let asr_rtf_joined = t.elapsed().as_secs_f64() / (joined.len() as f64 / 16_000.0);
     Row {
+        asr_rtf_joined,
         label: label.to_string(),
         first_audio: median(ours),
         after_token: median(ours_after_token),
@@ -329,15 +337,17 @@ async fn main() {
         "{:<28}{:>22}{:>18}{:>10}{:>16}{:>10}",
         "engines", "sentence→audio (ms)", "speak() (ms)", "TTS RTF", "ASR", "ASR RTF"
     );
+    println!("(ASR RTF: each sentence on its own / the five as one answer)");
     for r in &rows {
         println!(
-            "{:<28}{:>22.0}{:>18.0}{:>10.3}{:>16}{:>10.3}   ({} / {}; {:.1} s of speech)",
+            "{:<28}{:>22.0}{:>18.0}{:>10.3}{:>16}{:>10.3} / {:.3}   ({} / {}; {:.1} s of speech)",
             r.label,
             r.sentence_to_audio,
             r.speak_ms,
             r.tts_rtf,
             r.asr,
             r.asr_rtf,
+            r.asr_rtf_joined,
             r.tts,
             r.asr,
             r.speech_secs

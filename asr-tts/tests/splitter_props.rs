@@ -35,7 +35,7 @@ proptest! {
 
     #[test]
     fn joined_sentences_equal_the_input(input in text(), cuts in proptest::collection::vec(1usize..7, 1..60), first in 0usize..30, max in 20usize..200) {
-        let mut s = Splitter::new(Config { first_min_chars: first, max_chars: max });
+        let mut s = Splitter::new(Config { first_min_chars: first, first_min_words: first % 5, max_chars: max });
         let chars: Vec<char> = input.chars().collect();
         let mut out = Vec::new();
         let (mut i, mut k) = (0, 0);
@@ -59,7 +59,7 @@ proptest! {
 
     #[test]
     fn arbitrary_unicode_never_panics(input in ".{0,300}", first in 0usize..40, max in 1usize..100) {
-        let mut s = Splitter::new(Config { first_min_chars: first, max_chars: max });
+        let mut s = Splitter::new(Config { first_min_chars: first, first_min_words: first % 5, max_chars: max });
         let mut n = 0;
         for c in input.chars() {
             n += s.push(&c.to_string()).len();

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(rest);
     let mut s = Splitter::new(Config {
         first_min_chars: usize::from(cfg & 0x1f),
+        first_min_words: usize::from(cfg % 4),
         max_chars: 8 + usize::from(cfg >> 3),
     });
     let mut out = Vec::new();
