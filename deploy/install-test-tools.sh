@@ -3,7 +3,7 @@
 #   - cargo-nextest (test runner)
 #   - s3s-fs 0.14.1, a real S3-compatible server (newer versions need a newer rustc)
 #   - Python packages used as independent third-party clients (venv under ~/.cache/moments)
-#   - npm packages for the browser tests (player-test/browser)
+#   - npm packages for the browser tests (player-test/browser) and the web page (moments/web)
 # Safe to re-run; each step does nothing when its tool is already there.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,3 +44,6 @@ if [ ! -d "$browser/node_modules/hls.js" ] || [ ! -d "$browser/node_modules/play
   echo "install-test-tools: npm install in player-test/browser" >&2
   (cd "$browser" && npm install --no-audit --no-fund --loglevel=error)
 fi
+
+# the page's own scripts (hls.js, tus-js-client), which the page test loads through the server
+"$root/deploy/install-web.sh"

@@ -80,6 +80,9 @@ pub struct Services {
     pub queue: Queue,
     /// Voice Q&A (engines loaded once).
     pub voice: Arc<asr_tts::voice::Voice>,
+    /// The development signing key, when the page may hand out tokens (no public key
+    /// configured and `web.dev_tokens`).
+    pub dev_key: Option<Arc<String>>,
 }
 
 impl Services {
@@ -94,9 +97,16 @@ impl Services {
         let auth = Arc::new(Auth::from_config(&config.auth, &config.data_dir)?);
         let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
         let queue = Queue::new(db.clone(), config.queue.clone());
-        let (tts, asr) = asr_tts::engines(&config.voice)?;
+        let mut voice_config = config.voice.clone();
+        if voice_config.models_dir.is_none() {
+            voice_config.models_dir = Some(config.data_dir.join("models"));
+        }
+        let engines_config = voice_config.clone();
+        // model loading reads hundreds of MB and runs a probe: off the async runtime
+        let (tts, asr) =
+            tokio::task::spawn_blocking(move || asr_tts::engines(&engines_config)).await??;
         let voice = Arc::new(asr_tts::voice::Voice::new(
-            config.voice.clone(),
+            voice_config,
             db.clone(),
             store.clone(),
             queue.clone(),
@@ -104,7 +114,13 @@ impl Services {
             asr,
             Some(asr_tts::voice::VoiceMetrics::register(&metrics)),
         ));
+        let dev_key = if config.auth.public_key.is_none() && config.web.dev_tokens {
+            Some(Arc::new(common::auth::ensure_dev_key(&config.data_dir)?.0))
+        } else {
+            None
+        };
         Ok(Services {
+            dev_key,
             config: Arc::new(config),
             db,
             store,
@@ -169,6 +185,10 @@ impl Services {
                 .merge(asr_tts::api::router(asr_tts::api::VoiceState {
                     voice: self.voice.clone(),
                     auth: self.auth.clone(),
+                }))
+                .merge(crate::web::router(crate::web::WebState {
+                    node_modules: self.config.web.node_modules.clone(),
+                    dev_key: self.dev_key.clone(),
                 }));
         }
         router.layer(axum::middleware::from_fn_with_state(

@@ -42,6 +42,10 @@ pub enum Command {
     Token(TokenArgs),
     /// Upload a video as a moment (resumable; HTTP/3 over QUIC by default).
     Upload(UploadArgs),
+    /// The whole path on embedded defaults: start the service, upload a sample clip (or
+    /// --input) over QUIC, transcode, play the ladder with the player harness, run one voice
+    /// Q&A round, print where everything is, then serve until Ctrl-C (or --exit).
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `moments serve`.
@@ -108,13 +112,14 @@ pub struct TokenArgs {
     pub ttl: String,
 }
 
-/// Installs the tracing subscriber (stderr; text or JSON).
-pub fn init_logging(config: &Config, cli_format: Option<LogFormat>) {
+/// Installs the tracing subscriber (stderr; text or JSON). `default_filter` applies when
+/// neither `RUST_LOG` nor `log.filter` is set.
+pub fn init_logging(config: &Config, cli_format: Option<LogFormat>, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| config.log.filter.clone())
-        .unwrap_or_else(|| "info".to_string());
+        .unwrap_or_else(|| default_filter.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -128,7 +133,12 @@ pub fn init_logging(config: &Config, cli_format: Option<LogFormat>) {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
-    init_logging(&config, cli.log_format);
+    // the demo tells its own story on stderr; the service's info lines would drown it
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(&config, cli.log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
             let roles = match &args.roles {
@@ -140,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(_) => serve(config, [crate::app::Role::Worker].into_iter().collect()).await,
         Command::Token(args) => token(&config, &args),
         Command::Upload(args) => upload(&config, &args).await,
+        Command::Demo(args) => crate::demo::run(config, args).await,
     }
 }
 
@@ -157,6 +168,11 @@ async fn serve(
             writeln!(out, "  HTTP/3 (QUIC/UDP)  https://{addr}")?;
             writeln!(out, "  QUIC certificate SHA-256: {fp}")?;
         }
+        writeln!(
+            out,
+            "  web page           http://{}/",
+            local_addr(running.http_addr)
+        )?;
         writeln!(out, "  data directory     {}", data_dir.display())?;
         writeln!(out, "  try: curl http://{}/readyz", running.http_addr)?;
         out.flush()?;
@@ -199,7 +215,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n * mult)
 }
 
-fn local_addr(addr: std::net::SocketAddr) -> String {
+pub(crate) fn local_addr(addr: std::net::SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {

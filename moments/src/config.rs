@@ -28,6 +28,28 @@ pub struct LogConfig {
     pub filter: Option<String>,
 }
 
+/// `[web]` section: the page at `GET /`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Where `deploy/install-web.sh` installed the page's npm packages (hls.js,
+    /// tus-js-client). Default: `moments/web/node_modules` of the source tree this binary was
+    /// built from.
+    pub node_modules: PathBuf,
+    /// Serve `POST /ui/dev-token` (tokens for any user, signed with the development key) — only
+    /// ever while no `auth.public_key` is configured.
+    pub dev_tokens: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            node_modules: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web/node_modules")),
+            dev_tokens: true,
+        }
+    }
+}
+
 /// Everything `moments` can be configured with.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +78,8 @@ pub struct Config {
     pub packager: packager::Config,
     /// Voice Q&A.
     pub voice: asr_tts::Config,
+    /// The web page.
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -73,6 +97,7 @@ impl Default for Config {
             transcode: Default::default(),
             packager: Default::default(),
             voice: Default::default(),
+            web: Default::default(),
         }
     }
 }
@@ -162,6 +187,30 @@ pub const ENV: &[EnvVar] = &[
         key: "voice.llm_api_key",
         kind: Kind::Str,
         help: "LLM API key (sent as a bearer token)",
+    },
+    EnvVar {
+        name: "MOMENTS_TTS_ENGINE",
+        key: "voice.tts_engine",
+        kind: Kind::Str,
+        help: "auto (Piper when installed, else espeak-ng), piper or espeak-ng",
+    },
+    EnvVar {
+        name: "MOMENTS_ASR_ENGINE",
+        key: "voice.asr_engine",
+        kind: Kind::Str,
+        help: "auto (Whisper when installed, else pocketsphinx), whisper or pocketsphinx",
+    },
+    EnvVar {
+        name: "MOMENTS_MODELS_DIR",
+        key: "voice.models_dir",
+        kind: Kind::Str,
+        help: "where deploy/install-models.sh put the neural voice models (default $DATA/models)",
+    },
+    EnvVar {
+        name: "MOMENTS_WEB_MODULES",
+        key: "web.node_modules",
+        kind: Kind::Str,
+        help: "the web page's npm packages (default: moments/web/node_modules of the build's source tree)",
     },
     EnvVar {
         name: "MOMENTS_LOG_FORMAT",

@@ -7,5 +7,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod web;
 
 pub use config::Config;
