@@ -252,9 +252,17 @@ fn an_answer_longer_than_whispers_window_is_heard_window_by_window() {
     for heard in [&streamed, &whole] {
         let wer = word_error_rate(&said, heard);
         assert!(wer <= 0.15, "WER {:.1}%: {heard}", wer * 100.0);
-        assert!(
-            heard.contains("college") && heard.contains("ships"),
-            "both ends: {heard}"
-        );
+        // both ends are there: most words of the first and of the last sentence
+        for s in [SENTENCES[0], SENTENCES[SENTENCES.len() - 1]] {
+            let words: Vec<String> = s
+                .split_whitespace()
+                .map(|w| {
+                    w.trim_matches(|c: char| !c.is_alphanumeric())
+                        .to_lowercase()
+                })
+                .collect();
+            let found = words.iter().filter(|w| heard.contains(w.as_str())).count();
+            assert!(found * 4 >= words.len() * 3, "{s:?} not heard in: {heard}");
+        }
     }
 }
