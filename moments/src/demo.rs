@@ -112,7 +112,8 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<()> {
         writeln!(o, "  {:<19} {}", f.0, f.1.display())?;
     }
     writeln!(o, "  demo token (24 h)   {}", summary.token_file.display())?;
-    writeln!(o, "  data directory      {}", data_dir.display())?;
+    let data_shown = std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone());
+    writeln!(o, "  data directory      {}", data_shown.display())?;
     writeln!(o, "  try: ffplay {}", summary.master)?;
     o.flush()?;
     drop(o);
