@@ -186,7 +186,7 @@ async fn measure(label: &str, config: asr_tts::Config, url: &str, runs: usize) -
         let speech = tts.synthesize(s).unwrap();
         synth += t.elapsed().as_secs_f64();
         audio += speech.seconds();
-        let pcm = to_16k(&speech);
+        let pcm = speech.to_asr_pcm();
         joined.extend(&pcm);
         let t = Instant::now();
         let _ = asr.transcribe(&pcm).unwrap();
@@ -218,15 +218,6 @@ fn sentences() -> Vec<String> {
     let mut sentences = split.push(REPLY);
     sentences.extend(split.finish());
     sentences
-}
-
-fn to_16k(speech: &asr_tts::tts::Speech) -> Vec<i16> {
-    let mono: Vec<f32> = speech
-        .samples
-        .iter()
-        .map(|v| f32::from(*v) / 32768.0)
-        .collect();
-    asr_tts::resample::to_i16(&asr_tts::resample::resample(&mono, speech.rate, 16_000))
 }
 
 /// Piper's RTF over the reply's sentences with `threads` intra-op threads.

@@ -161,13 +161,7 @@ mod tests {
             .unwrap()
             .synthesize("I went to the park with my friends")
             .unwrap();
-        let mono: Vec<f32> = speech
-            .samples
-            .iter()
-            .map(|s| f32::from(*s) / 32768.0)
-            .collect();
-        let pcm = crate::resample::to_i16(&crate::resample::resample(&mono, speech.rate, 16_000));
-        let text = asr.transcribe(&pcm).unwrap();
+        let text = asr.transcribe(&speech.to_asr_pcm()).unwrap();
         // pocketsphinx is weak on synthetic speech; it must at least hear words
         assert!(!text.is_empty(), "nothing recognised");
         eprintln!("pocketsphinx heard: {text:?}");

@@ -263,29 +263,41 @@ pub fn wav_header(data: &[u8]) -> Option<(u16, u32, usize)> {
     None
 }
 
+/// A 16-bit mono PCM WAV file of `samples` at `rate`.
+pub fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut v = Vec::with_capacity(44 + samples.len() * 2);
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data_len).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    v.extend_from_slice(&1u16.to_le_bytes()); // mono
+    v.extend_from_slice(&rate.to_le_bytes());
+    v.extend_from_slice(&(rate * 2).to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        let data_len = (samples.len() * 2) as u32;
-        v.extend_from_slice(b"RIFF");
-        v.extend_from_slice(&(36 + data_len).to_le_bytes());
-        v.extend_from_slice(b"WAVEfmt ");
-        v.extend_from_slice(&16u32.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&1u16.to_le_bytes());
-        v.extend_from_slice(&rate.to_le_bytes());
-        v.extend_from_slice(&(rate * 2).to_le_bytes());
-        v.extend_from_slice(&2u16.to_le_bytes());
-        v.extend_from_slice(&16u16.to_le_bytes());
-        v.extend_from_slice(b"data");
-        v.extend_from_slice(&data_len.to_le_bytes());
-        for s in samples {
-            v.extend_from_slice(&s.to_le_bytes());
-        }
-        v
+    #[test]
+    fn the_wav_writer_writes_what_the_header_parser_reads() {
+        let wav = wav_bytes(&[0, 1000, -1000, 32767], 22050);
+        assert_eq!(&wav[..4], b"RIFF");
+        assert_eq!(wav.len(), 44 + 8);
+        assert_eq!(
+            wav_header(&wav).map(|(ch, rate, _)| (ch, rate)),
+            Some((1, 22050))
+        );
     }
 
     #[test]
@@ -304,7 +316,7 @@ mod tests {
         let samples: Vec<i16> = (0..22_050)
             .map(|i| ((i as f32 * 0.1).sin() * 10_000.0) as i16)
             .collect();
-        let bytes = wav(&samples, 22_050);
+        let bytes = wav_bytes(&samples, 22_050);
         let pcm = decode(&bytes, Format::Wav, 120.0).unwrap();
         assert!((pcm.len() as i64 - 16_000).abs() <= 2, "{}", pcm.len());
         assert_eq!(wav_header(&bytes), Some((1, 22_050, 44)));
@@ -325,7 +337,7 @@ mod tests {
             decode(b"RIFF\x10\0\0\0WAVEjunkjunkjunk", Format::Wav, 120.0),
             Err(Error::Undecodable { .. })
         ));
-        let long = wav(&vec![0i16; 16_000 * 3], 16_000);
+        let long = wav_bytes(&vec![0i16; 16_000 * 3], 16_000);
         assert!(matches!(
             decode(&long, Format::Wav, 2.0),
             Err(Error::TooLong { .. })

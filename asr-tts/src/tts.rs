@@ -13,6 +13,20 @@ pub struct Speech {
 }
 
 impl Speech {
+    /// The speech as the recognisers hear it: 16 kHz mono 16-bit.
+    pub fn to_asr_pcm(&self) -> Vec<i16> {
+        let mono: Vec<f32> = self
+            .samples
+            .iter()
+            .map(|v| f32::from(*v) / 32768.0)
+            .collect();
+        crate::resample::to_i16(&crate::resample::resample(
+            &mono,
+            self.rate,
+            crate::audio::ASR_RATE,
+        ))
+    }
+
     /// Duration in seconds.
     pub fn seconds(&self) -> f64 {
         if self.rate == 0 {

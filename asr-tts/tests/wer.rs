@@ -42,14 +42,7 @@ fn round_trip(tts: &dyn Tts, asr: &dyn Asr) -> f64 {
             "{} said nothing for {s:?}",
             tts.name()
         );
-        let mono: Vec<f32> = speech
-            .samples
-            .iter()
-            .map(|v| f32::from(*v) / 32768.0)
-            .collect();
-        let pcm =
-            asr_tts::resample::to_i16(&asr_tts::resample::resample(&mono, speech.rate, 16_000));
-        let heard = asr.transcribe(&pcm).unwrap();
+        let heard = asr.transcribe(&speech.to_asr_pcm()).unwrap();
         let words = s.split_whitespace().count();
         total_errors += word_error_rate(s, &heard) * words as f64;
         total_words += words;
@@ -219,16 +212,7 @@ fn an_answer_longer_than_whispers_window_is_heard_window_by_window() {
     let mut pcm: Vec<i16> = Vec::new();
     for s in SENTENCES {
         let speech = piper.synthesize(s).unwrap();
-        let mono: Vec<f32> = speech
-            .samples
-            .iter()
-            .map(|v| f32::from(*v) / 32768.0)
-            .collect();
-        pcm.extend(asr_tts::resample::to_i16(&asr_tts::resample::resample(
-            &mono,
-            speech.rate,
-            16_000,
-        )));
+        pcm.extend(speech.to_asr_pcm());
         pcm.extend(std::iter::repeat_n(0i16, 8000));
     }
     let secs = pcm.len() as f64 / 16_000.0;

@@ -153,19 +153,24 @@ async fn steps(
     let token_file = out_dir.join("token.txt");
     std::fs::write(&token_file, format!("{token}\n"))?;
 
-    // 2. upload over HTTP/3 (a fresh resume file each run: every run uploads for real)
+    // 2. upload over HTTP/3 (the resume file starts empty each run: every run uploads for real)
     say(&format!(
         "2/5 uploading {} over HTTP/3 (QUIC)",
         clip.display()
     ));
-    let state = tempfile::tempdir()?;
+    let state_file = out_dir.join("upload-state.json");
+    match std::fs::remove_file(&state_file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("cannot reset {}", state_file.display())),
+    }
     let opts = ingest::client::Options {
         server: format!("https://{}", crate::cli::local_addr(quic)),
         protocol: ingest::client::Protocol::Http3,
         token: token.clone(),
         trust: Some(common::server::tls::Trust::Pinned(fingerprint.to_string())),
         chunk_size: 4 << 20,
-        state_file: state.path().join("uploads.json"),
+        state_file,
         max_retries: 5,
         progress: !args.quiet,
         congestion,
@@ -355,7 +360,7 @@ async fn voice_round(
     // the spoken answer: a WAV made with eSpeak NG
     let espeak = asr_tts::tts::Espeak::new()?;
     let speech = asr_tts::tts::Tts::synthesize(&espeak, &args.answer)?;
-    let wav = wav_bytes(&speech.samples, speech.rate);
+    let wav = asr_tts::audio::wav_bytes(&speech.samples, speech.rate);
     let wav_file = out_dir.join("answer.wav");
     std::fs::write(&wav_file, &wav)?;
     files.push(("answer (spoken)", wav_file));
@@ -396,42 +401,4 @@ async fn voice_round(
     std::fs::write(&tfile, format!("{transcript}\n"))?;
     files.push(("transcript", tfile));
     Ok(files)
-}
-
-/// A 16-bit mono PCM WAV file.
-fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut w = Vec::with_capacity(44 + samples.len() * 2);
-    w.extend_from_slice(b"RIFF");
-    w.extend_from_slice(&(36 + data_len).to_le_bytes());
-    w.extend_from_slice(b"WAVEfmt ");
-    w.extend_from_slice(&16u32.to_le_bytes());
-    w.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    w.extend_from_slice(&1u16.to_le_bytes()); // mono
-    w.extend_from_slice(&rate.to_le_bytes());
-    w.extend_from_slice(&(rate * 2).to_le_bytes());
-    w.extend_from_slice(&2u16.to_le_bytes());
-    w.extend_from_slice(&16u16.to_le_bytes());
-    w.extend_from_slice(b"data");
-    w.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        w.extend_from_slice(&s.to_le_bytes());
-    }
-    w
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_answer_wav_is_what_the_decoder_reads() {
-        let wav = wav_bytes(&[0, 1000, -1000, 32767], 22050);
-        assert_eq!(&wav[..4], b"RIFF");
-        assert_eq!(wav.len(), 44 + 8);
-        assert_eq!(
-            asr_tts::audio::wav_header(&wav).map(|(ch, rate, _)| (ch, rate)),
-            Some((1, 22050))
-        );
-    }
 }
