@@ -15,7 +15,7 @@
 #![allow(clippy::expect_used)] // test support: failing loudly is the point
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,56 @@ pub fn voice_models() -> Option<PathBuf> {
         dir.display()
     );
     None
+}
+
+/// Runs the ffmpeg CLI (`-hide_banner -v error -y` first); panics with its stderr on failure.
+pub fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-y"])
+        .args(args)
+        .output()
+        .expect("ffmpeg CLI");
+    assert!(
+        out.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test clip: testsrc2 video (and a sine tone) of `secs` seconds.
+pub fn clip(dir: &Path, name: &str, w: u32, h: u32, secs: f64, fps: u32, audio: bool) -> PathBuf {
+    let path = dir.join(name);
+    let size = format!("testsrc2=size={w}x{h}:rate={fps}:duration={secs}");
+    let mut args: Vec<String> = vec!["-f".into(), "lavfi".into(), "-i".into(), size];
+    if audio {
+        args.extend(
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("sine=frequency=440:sample_rate=44100:duration={secs}"),
+            ]
+            .map(String::from),
+        );
+    }
+    args.extend(
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ]
+        .map(String::from),
+    );
+    if audio {
+        args.extend(["-c:a", "aac", "-b:a", "96k"].map(String::from));
+    }
+    args.push(path.to_string_lossy().into_owned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ffmpeg(&refs);
+    path
 }
 
 /// A free TCP port on loopback (bound and released; good enough for tests).

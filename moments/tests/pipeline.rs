@@ -11,18 +11,7 @@ use common::moment::{self, State};
 use common::store::{Key, PutOptions};
 use futures::StreamExt;
 
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-y"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::testing::ffmpeg;
 
 async fn start(dir: &std::path::Path) -> moments::app::Running {
     let mut config = moments::Config {

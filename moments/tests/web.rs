@@ -194,32 +194,29 @@ async fn the_page_in_chromium_uploads_resumes_plays_and_runs_the_voice_round() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // a 6 s 720p clip (~4.5 MB at this bit rate, so the slowed upload takes a few seconds; two rungs)
-    run(std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30:duration=6",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=300:duration=6",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-b:v",
-            "6M",
-            "-pix_fmt",
-            "yuv420p",
-            "-c:a",
-            "aac",
-            "-shortest",
-        ])
-        .arg(d.join("clip.mp4")));
+    let clip = d.join("clip.mp4");
+    common::testing::ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1280x720:rate=30:duration=6",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:duration=6",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-b:v",
+        "6M",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        clip.to_str().unwrap(),
+    ]);
     run(std::process::Command::new("espeak-ng")
         .args(["-v", "en-us", "-w"])
         .arg(d.join("answer.wav"))

@@ -15,54 +15,8 @@ use common::store::{Key, Local, ObjectStore, PutOptions, Store};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg CLI");
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test clip: testsrc2 video (and a sine tone) of `secs` seconds.
-pub fn clip(dir: &Path, name: &str, w: u32, h: u32, secs: f64, fps: u32, audio: bool) -> PathBuf {
-    let path = dir.join(name);
-    let size = format!("testsrc2=size={w}x{h}:rate={fps}:duration={secs}");
-    let mut args: Vec<String> = vec!["-f".into(), "lavfi".into(), "-i".into(), size];
-    if audio {
-        args.extend(
-            [
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("sine=frequency=440:sample_rate=44100:duration={secs}"),
-            ]
-            .map(String::from),
-        );
-    }
-    args.extend(
-        [
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ]
-        .map(String::from),
-    );
-    if audio {
-        args.extend(["-c:a", "aac", "-b:a", "96k"].map(String::from));
-    }
-    args.push(path.to_string_lossy().into_owned());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    ffmpeg(&refs);
-    path
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use common::testing::{clip, ffmpeg};
 
 pub fn ffprobe(target: &str, extra: &[&str]) -> Value {
     let out = Command::new("ffprobe")
