@@ -143,6 +143,7 @@ pub async fn run(voice: Arc<Voice>, session: store::Session, socket: WebSocket) 
                 payload: json!({"session": session.id}),
                 dedup_key: Some(format!("{}:{}", crate::summary::KIND, session.id)),
                 max_attempts: None,
+                priority: Default::default(),
             })
             .await;
     }

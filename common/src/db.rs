@@ -85,11 +85,21 @@ impl Error {
     }
 }
 
+/// A change that tasks of this process may be waiting for (see [`Db::notify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A moment's row changed (state, progress, detail).
+    Moment(String),
+    /// An object still being written (by its key) became longer, complete or gone.
+    Object(String),
+}
+
 /// A handle on the metadata database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -172,7 +182,11 @@ impl Db {
             // Persistent per database file: readers never block the writer.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            changes: tokio::sync::broadcast::channel(1024).0,
+        };
         MIGRATOR.run(&db.pool).await?;
         Ok(db)
     }
@@ -185,6 +199,18 @@ impl Db {
     /// Which engine this is.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Tells waiting tasks of this process that `change` was committed. In-process only:
+    /// waiters in other processes find out by polling, so every waiter also polls (slowly).
+    pub fn notify(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// Changes committed by this process from now on. A receiver that falls behind gets
+    /// `Lagged`, which it should treat as "anything may have changed".
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// One round trip, for readiness checks.

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::db::{Db, Error};
+use crate::db::{Change, Db, Error};
 use crate::ids::now_ms;
 
 /// Where a moment is in its life.
@@ -54,6 +54,28 @@ impl State {
     }
 }
 
+/// What the worker says about a moment while it works on it (kept as JSON in the row).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Detail {
+    /// Whether the ladder is being (or was) made while the upload arrived; unset until a
+    /// worker has decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+    /// Why the after-upload path was taken (or streaming stopped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds of video encoded so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoded_s: Option<f64>,
+    /// Seconds of video that have arrived (durably) so far, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_s: Option<f64>,
+    /// Object key of the poster, written as soon as the first frame is decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poster_key: Option<String>,
+}
+
 /// One row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Moment {
@@ -71,6 +93,8 @@ pub struct Moment {
     pub source_key: Option<String>,
     /// Published renditions (JSON written by the packager).
     pub renditions: serde_json::Value,
+    /// What the worker says while it works.
+    pub detail: Detail,
     /// Creation time (ms since epoch).
     pub created_at: i64,
     /// Last change (ms since epoch).
@@ -79,13 +103,14 @@ pub struct Moment {
 
 macro_rules! columns {
     () => {
-        "id, user_id, state, progress, error, source_key, renditions, created_at, updated_at"
+        "id, user_id, state, progress, error, source_key, renditions, detail, created_at, updated_at"
     };
 }
 
 fn from_row(row: &sqlx::any::AnyRow) -> Result<Moment, Error> {
     let state: String = row.try_get("state")?;
     let renditions: String = row.try_get("renditions")?;
+    let detail: String = row.try_get("detail")?;
     Ok(Moment {
         id: row.try_get("id")?,
         user_id: row.try_get("user_id")?,
@@ -98,6 +123,7 @@ fn from_row(row: &sqlx::any::AnyRow) -> Result<Moment, Error> {
         error: row.try_get("error")?,
         source_key: row.try_get("source_key")?,
         renditions: serde_json::from_str(&renditions).unwrap_or(serde_json::Value::Null),
+        detail: serde_json::from_str(&detail).unwrap_or_default(),
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -123,6 +149,7 @@ pub async fn create(
     .bind(now)
     .execute(db.pool())
     .await?;
+    db.notify(Change::Moment(id.to_string()));
     Ok(Moment {
         id: id.to_string(),
         user_id: user_id.to_string(),
@@ -131,6 +158,7 @@ pub async fn create(
         error: None,
         source_key: source_key.map(str::to_string),
         renditions: serde_json::json!([]),
+        detail: Detail::default(),
         created_at: now,
         updated_at: now,
     })
@@ -183,6 +211,7 @@ pub async fn set_state(
     .bind(id)
     .execute(db.pool())
     .await?;
+    db.notify(Change::Moment(id.to_string()));
     Ok(done.rows_affected() > 0)
 }
 
@@ -198,34 +227,51 @@ pub async fn set_ready(db: &Db, id: &str, published: &serde_json::Value) -> Resu
     .bind(id)
     .execute(db.pool())
     .await?;
+    db.notify(Change::Moment(id.to_string()));
     Ok(done.rows_affected() > 0)
 }
 
 /// The job kind that turns an uploaded moment into its ladder.
 pub const TRANSCODE_KIND: &str = "transcode";
 
-/// The transcode job for a moment (one per moment: enqueueing twice is a no-op).
-pub fn transcode_job(moment_id: &str) -> crate::queue::NewJob {
+/// The dedup key of a moment's transcode job.
+pub fn transcode_key(moment_id: &str) -> String {
+    format!("{TRANSCODE_KIND}:{moment_id}")
+}
+
+/// The transcode job for a moment (one per moment: enqueueing twice is a no-op). A job
+/// enqueued while the upload is still arriving is a background job: an idle worker may start
+/// on the growing upload; completion promotes it.
+pub fn transcode_job(moment_id: &str, priority: crate::queue::Priority) -> crate::queue::NewJob {
     crate::queue::NewJob {
         kind: TRANSCODE_KIND.to_string(),
         payload: serde_json::json!({ "moment": moment_id }),
-        dedup_key: Some(format!("{TRANSCODE_KIND}:{moment_id}")),
+        dedup_key: Some(transcode_key(moment_id)),
         max_attempts: None,
+        priority,
     }
 }
 
-/// Records transcode progress (clamped to 0..1).
-pub async fn set_progress(db: &Db, id: &str, progress: f64) -> Result<(), Error> {
+/// Records transcode progress (clamped to 0..1; left alone while the moment is still
+/// uploading, where progress is the upload's) and the worker's detail.
+pub async fn set_progress(db: &Db, id: &str, progress: f64, detail: &Detail) -> Result<(), Error> {
     let p = if progress.is_finite() {
         progress.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    sqlx::query("UPDATE moments SET progress = $1, updated_at = $2 WHERE id = $3")
-        .bind(p)
-        .bind(now_ms())
-        .bind(id)
-        .execute(db.pool())
-        .await?;
+    let detail =
+        serde_json::to_string(detail).map_err(|e| Error::Sql(sqlx::Error::Encode(e.into())))?;
+    sqlx::query(
+        "UPDATE moments SET progress = CASE WHEN state = 'uploading' THEN progress ELSE $1 END, \
+         detail = $2, updated_at = $3 WHERE id = $4 AND state NOT IN ('ready', 'failed')",
+    )
+    .bind(p)
+    .bind(detail)
+    .bind(now_ms())
+    .bind(id)
+    .execute(db.pool())
+    .await?;
+    db.notify(Change::Moment(id.to_string()));
     Ok(())
 }

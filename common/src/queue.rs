@@ -68,6 +68,38 @@ pub fn retry_delay(attempt: u32, base: Duration, max: Duration, unit: f64) -> Du
     half + half.mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// How eagerly a job is claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Claimed only when no normal job is claimable: work that may wait for an idle worker,
+    /// such as transcoding an upload that is still arriving. Such a job may park itself until
+    /// it is promoted ([`promote_on`]).
+    Background,
+    /// Claimed in order of readiness.
+    #[default]
+    Normal,
+}
+
+impl Priority {
+    fn value(self) -> i64 {
+        match self {
+            Priority::Background => 0,
+            Priority::Normal => 1,
+        }
+    }
+
+    fn from_value(v: i64) -> Priority {
+        if v >= 1 {
+            Priority::Normal
+        } else {
+            Priority::Background
+        }
+    }
+}
+
+/// `run_after` of a parked job: never claimable until promoted.
+const PARKED: i64 = i64::MAX / 4;
+
 /// A job to add.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -79,6 +111,8 @@ pub struct NewJob {
     pub dedup_key: Option<String>,
     /// Overrides the configured attempt limit.
     pub max_attempts: Option<u32>,
+    /// How eagerly it is claimed.
+    pub priority: Priority,
 }
 
 /// A claimed job.
@@ -96,6 +130,8 @@ pub struct Job {
     pub max_attempts: u32,
     /// The worker holding the lease.
     pub owner: String,
+    /// Its priority when it was claimed.
+    pub priority: Priority,
 }
 
 /// A job as stored (for status pages and tests).
@@ -113,8 +149,17 @@ pub struct Record {
     pub last_error: Option<String>,
     /// Lease holder while running.
     pub lease_owner: Option<String>,
-    /// Not claimable before (ms).
+    /// Not claimable before (ms); far in the future while parked.
     pub run_after: i64,
+    /// Current priority.
+    pub priority: Priority,
+}
+
+impl Record {
+    /// Waiting for a promotion ([`promote_on`]) before it can run.
+    pub fn parked(&self) -> bool {
+        self.state == "queued" && self.run_after >= PARKED
+    }
 }
 
 /// What [`Queue::fail`] did.
@@ -201,8 +246,8 @@ impl Queue {
              lease_until = $2, updated_at = $3, started_at = COALESCE(started_at, $3) \
              WHERE id = (SELECT id FROM jobs WHERE kind IN ({}) AND attempts < max_attempts AND \
                ((state = 'queued' AND run_after <= $3) OR (state = 'running' AND lease_until < $3)) \
-               ORDER BY run_after, created_at LIMIT 1{lock}) \
-             RETURNING id, kind, payload, attempts, max_attempts",
+               ORDER BY priority DESC, run_after, created_at LIMIT 1{lock}) \
+             RETURNING id, kind, payload, attempts, max_attempts, priority",
             kind_params.join(", ")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -223,6 +268,7 @@ impl Queue {
             attempts: row.try_get::<i64, _>("attempts")? as u32,
             max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
             owner: owner.to_string(),
+            priority: Priority::from_value(row.try_get("priority")?),
         }))
     }
 
@@ -333,7 +379,7 @@ impl Queue {
              last_error = 'worker lost (lease expired) on the last attempt', \
              lease_owner = NULL, lease_until = NULL, updated_at = $1, finished_at = $1 \
              WHERE state = 'running' AND lease_until < $1 AND attempts >= max_attempts \
-             RETURNING id, kind, payload, attempts, max_attempts",
+             RETURNING id, kind, payload, attempts, max_attempts, priority",
         )
         .bind(now)
         .fetch_all(self.db.pool())
@@ -348,6 +394,7 @@ impl Queue {
                     attempts: row.try_get::<i64, _>("attempts")? as u32,
                     max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
                     owner: String::new(),
+                    priority: Priority::from_value(row.try_get("priority")?),
                 })
             })
             .collect()
@@ -356,7 +403,7 @@ impl Queue {
     /// One stored job.
     pub async fn get(&self, id: &str) -> Result<Option<Record>, Error> {
         let row = sqlx::query(
-            "SELECT id, kind, state, attempts, last_error, lease_owner, run_after \
+            "SELECT id, kind, state, attempts, last_error, lease_owner, run_after, priority \
              FROM jobs WHERE id = $1",
         )
         .bind(id)
@@ -371,9 +418,95 @@ impl Queue {
                 last_error: row.try_get("last_error")?,
                 lease_owner: row.try_get("lease_owner")?,
                 run_after: row.try_get("run_after")?,
+                priority: Priority::from_value(row.try_get("priority")?),
             })
         })
         .transpose()
+    }
+
+    /// The job enqueued under `dedup_key`, if any.
+    pub async fn find(&self, dedup_key: &str) -> Result<Option<Record>, Error> {
+        let id: Option<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE dedup_key = $1")
+            .bind(dedup_key)
+            .fetch_optional(self.db.pool())
+            .await?;
+        match id {
+            Some(id) => self.get(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Gives a claimed job back without counting the attempt: runnable again after `delay`
+    /// (a job that cannot make progress now, such as a transcode whose upload stalled). `note`
+    /// is kept as its `last_error` so status pages can say why it waits.
+    pub async fn requeue(&self, job: &Job, delay: Duration, note: &str) -> Result<bool, Error> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+             lease_until = NULL, run_after = $1, last_error = $2, updated_at = $3 \
+             WHERE id = $4 AND lease_owner = $5 AND state = 'running'",
+        )
+        .bind(now + delay.as_millis() as i64)
+        .bind(note)
+        .bind(now)
+        .bind(&job.id)
+        .bind(&job.owner)
+        .execute(self.db.pool())
+        .await?;
+        self.wake.notify_waiters();
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Gives a claimed job back until it is promoted ([`promote_on`]), without counting the
+    /// attempt. A job promoted while it ran is runnable at once instead, so a promotion is
+    /// never lost however it races with the park. True when the job was parked, false when it
+    /// is runnable (or was no longer ours).
+    pub async fn park(&self, job: &Job, note: &str) -> Result<bool, Error> {
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_owner = NULL, \
+             lease_until = NULL, last_error = $1, updated_at = $2, \
+             run_after = CASE WHEN priority >= 1 THEN $2 ELSE $3 END \
+             WHERE id = $4 AND lease_owner = $5 AND state = 'running' \
+             RETURNING run_after",
+        )
+        .bind(note)
+        .bind(now)
+        .bind(PARKED)
+        .bind(&job.id)
+        .bind(&job.owner)
+        .fetch_optional(self.db.pool())
+        .await?;
+        self.wake.notify_waiters();
+        match r {
+            Some(row) => Ok(row.try_get::<i64, _>("run_after")? >= PARKED),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether a normal-priority job of one of `kinds` has been claimable for at least
+    /// `for_at_least` without any worker taking it (a background job then gives its worker
+    /// back).
+    pub async fn others_waiting(
+        &self,
+        kinds: &[&str],
+        for_at_least: Duration,
+    ) -> Result<bool, Error> {
+        if kinds.is_empty() {
+            return Ok(false);
+        }
+        let kind_params: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND priority >= 1 \
+             AND attempts < max_attempts AND run_after <= $1 AND kind IN ({})",
+            kind_params.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms() - for_at_least.as_millis() as i64);
+        for k in kinds {
+            q = q.bind(*k);
+        }
+        Ok(q.fetch_one(self.db.pool()).await? > 0)
     }
 
     /// Depth and age figures by kind.
@@ -422,8 +555,8 @@ pub async fn enqueue_on(
     let max_attempts = job.max_attempts.unwrap_or(config.max_attempts).max(1) as i64;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, kind, payload, state, attempts, max_attempts, run_after, \
-         dedup_key, created_at, updated_at) \
-         VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $5, $5) \
+         dedup_key, priority, created_at, updated_at) \
+         VALUES ($1, $2, $3, 'queued', 0, $4, $5, $6, $7, $5, $5) \
          ON CONFLICT (dedup_key) DO NOTHING",
     )
     .bind(&id)
@@ -432,6 +565,7 @@ pub async fn enqueue_on(
     .bind(max_attempts)
     .bind(now)
     .bind(job.dedup_key.as_deref())
+    .bind(job.priority.value())
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 1 {
@@ -444,13 +578,53 @@ pub async fn enqueue_on(
     Ok(existing)
 }
 
-/// Why a job attempt failed.
+/// Raises the job enqueued under `dedup_key` to normal priority, on `conn` (inside the
+/// caller's transaction, like [`enqueue_on`]): a parked or waiting job becomes runnable at
+/// once; a running one keeps running, and if it parks itself later it stays runnable (see
+/// [`Queue::park`]). Call [`Queue::notify`] after committing. True when a job was promoted.
+pub async fn promote_on(conn: &mut sqlx::AnyConnection, dedup_key: &str) -> Result<bool, Error> {
+    let now = now_ms();
+    let r = sqlx::query(
+        "UPDATE jobs SET priority = 1, updated_at = $1, \
+         run_after = CASE WHEN state = 'queued' AND run_after > $1 THEN $1 ELSE run_after END \
+         WHERE dedup_key = $2 AND state IN ('queued', 'running')",
+    )
+    .bind(now)
+    .bind(dedup_key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Removes the job enqueued under `dedup_key` if it is waiting (not running, not finished), on
+/// `conn`: its work was withdrawn (an upload terminated before its last byte). A running job
+/// notices by itself. True when a job was removed.
+pub async fn withdraw_on(conn: &mut sqlx::AnyConnection, dedup_key: &str) -> Result<bool, Error> {
+    let r = sqlx::query("DELETE FROM jobs WHERE dedup_key = $1 AND state = 'queued'")
+        .bind(dedup_key)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// A job that gives its worker back without failing: the attempt does not count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Defer {
+    /// Wait until promoted ([`promote_on`]); runnable at once if it already was.
+    UntilPromoted,
+    /// Runnable again after this long.
+    For(Duration),
+}
+
+/// Why a job attempt failed (or, with `defer`, why it gave its worker back).
 #[derive(Debug, Clone)]
 pub struct JobError {
     /// Human-readable reason (kept as the job's `last_error`).
     pub message: String,
     /// False when retrying cannot help (bad input): dead-letter at once.
     pub retryable: bool,
+    /// Set when the job did not fail but cannot go on now.
+    pub defer: Option<Defer>,
 }
 
 impl JobError {
@@ -459,6 +633,17 @@ impl JobError {
         JobError {
             message: message.into(),
             retryable: true,
+            defer: None,
+        }
+    }
+
+    /// Not a failure: give the worker back and wait as `defer` says (the attempt does not
+    /// count).
+    pub fn defer(message: impl Into<String>, defer: Defer) -> Self {
+        JobError {
+            message: message.into(),
+            retryable: true,
+            defer: Some(defer),
         }
     }
 
@@ -467,6 +652,7 @@ impl JobError {
         JobError {
             message: message.into(),
             retryable: false,
+            defer: None,
         }
     }
 }
@@ -476,6 +662,18 @@ impl JobError {
 pub struct Context {
     /// Stop working when this fires.
     pub cancel: CancellationToken,
+    /// The queue the job came from.
+    pub queue: Queue,
+    /// The job kinds this worker pool runs (what a waiting background job yields to).
+    pub kinds: Arc<[&'static str]>,
+}
+
+impl Context {
+    /// Whether a normal-priority job of this pool has waited at least `for_at_least` for a
+    /// worker (see [`Queue::others_waiting`]).
+    pub async fn others_waiting(&self, for_at_least: Duration) -> Result<bool, Error> {
+        self.queue.others_waiting(&self.kinds, for_at_least).await
+    }
 }
 
 /// One job kind's behaviour.
@@ -535,7 +733,7 @@ impl QueueMetrics {
         };
         metrics.register(
             "jobs",
-            "Finished job attempts by kind and outcome (done, retry, failed, lost)",
+            "Finished job attempts by kind and outcome (done, retry, failed, lost, deferred)",
             m.outcomes.clone(),
         );
         metrics.register(
@@ -635,6 +833,7 @@ async fn worker_loop(
     shutdown: CancellationToken,
 ) {
     let kinds: Vec<&str> = handlers.keys().copied().collect();
+    let pool_kinds: Arc<[&'static str]> = handlers.keys().copied().collect();
     while !shutdown.is_cancelled() {
         match queue.reap().await {
             Ok(dead) => {
@@ -669,13 +868,22 @@ async fn worker_loop(
         let Some(handler) = handlers.get(job.kind.as_str()).cloned() else {
             continue;
         };
-        run_one(&queue, handler, job, metrics.as_ref(), &shutdown).await;
+        run_one(
+            &queue,
+            handler,
+            pool_kinds.clone(),
+            job,
+            metrics.as_ref(),
+            &shutdown,
+        )
+        .await;
     }
 }
 
 async fn run_one(
     queue: &Queue,
     handler: Arc<dyn Handler>,
+    handlers: Arc<[&'static str]>,
     job: Job,
     metrics: Option<&QueueMetrics>,
     shutdown: &CancellationToken,
@@ -684,6 +892,8 @@ async fn run_one(
     let cancel = shutdown.child_token();
     let ctx = Context {
         cancel: cancel.clone(),
+        queue: queue.clone(),
+        kinds: handlers.clone(),
     };
     tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, "job started");
 
@@ -747,6 +957,21 @@ async fn run_one(
         Ok(Err(e)) => e,
         Err(_) => JobError::retry(format!("time limit of {} s exceeded", limit.as_secs())),
     };
+    if let Some(defer) = err.defer {
+        let r = match defer {
+            Defer::UntilPromoted => queue.park(&job, &err.message).await.map(|_| true),
+            Defer::For(d) => queue.requeue(&job, d, &err.message).await,
+        };
+        match r {
+            Ok(true) => {
+                record("deferred");
+                tracing::info!(job = %job.id, kind = %job.kind, reason = %err.message, ?defer, "job deferred");
+            }
+            Ok(false) => record("lost"),
+            Err(e) => tracing::warn!(job = %job.id, error = %e, "could not defer the job"),
+        }
+        return;
+    }
     match queue.fail(&job, &err.message, err.retryable).await {
         Ok(Outcome::Retry { after_ms }) => {
             record("retry");

@@ -41,12 +41,23 @@ async fn moments_round_trip_and_per_user_isolation() {
                 .await
                 .unwrap()
         );
-        moment::set_progress(&db, &id, 0.25).await.unwrap();
-        moment::set_progress(&db, &id, f64::NAN).await.unwrap();
-        moment::set_progress(&db, &id, 0.5).await.unwrap();
+        let none = moment::Detail::default();
+        moment::set_progress(&db, &id, 0.25, &none).await.unwrap();
+        moment::set_progress(&db, &id, f64::NAN, &none)
+            .await
+            .unwrap();
+        let detail = moment::Detail {
+            streaming: Some(false),
+            reason: Some("moov at the end of the file".into()),
+            encoded_s: Some(3.5),
+            received_s: None,
+            poster_key: Some(format!("hls/{id}/poster.jpg")),
+        };
+        moment::set_progress(&db, &id, 0.5, &detail).await.unwrap();
         let got = moment::get(&db, &id).await.unwrap().unwrap();
         assert_eq!(got.state, State::Transcoding);
         assert!((got.progress - 0.5).abs() < 1e-9);
+        assert_eq!(got.detail, detail, "the detail JSON round-trips");
 
         assert!(
             moment::set_state(&db, &id, State::Failed, Some("not a video"))

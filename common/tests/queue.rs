@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::db::Db;
-use common::queue::{Config, Context, Handler, Job, JobError, NewJob, Outcome, Queue};
+use common::queue::{
+    Config, Context, Defer, Handler, Job, JobError, NewJob, Outcome, Priority, Queue, promote_on,
+    withdraw_on,
+};
 use common::testing::on_both;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +33,7 @@ fn job(kind: &str, n: usize) -> NewJob {
         payload: serde_json::json!({ "n": n }),
         dedup_key: None,
         max_attempts: None,
+        priority: Default::default(),
     }
 }
 
@@ -240,6 +244,7 @@ async fn workers_retry_heartbeat_and_dead_letter_through_handlers() {
                 payload: serde_json::json!({}),
                 dedup_key: None,
                 max_attempts: None,
+                priority: Default::default(),
             })
             .await
             .unwrap();
@@ -249,6 +254,7 @@ async fn workers_retry_heartbeat_and_dead_letter_through_handlers() {
                 payload: serde_json::json!({"permanent": true}),
                 dedup_key: None,
                 max_attempts: None,
+                priority: Default::default(),
             })
             .await
             .unwrap();
@@ -288,6 +294,7 @@ async fn workers_retry_heartbeat_and_dead_letter_through_handlers() {
                 payload: serde_json::json!({}),
                 dedup_key: None,
                 max_attempts: None,
+                priority: Default::default(),
             })
             .await
             .unwrap();
@@ -331,6 +338,221 @@ async fn tickets_are_single_use() {
             None
         );
         assert_eq!(common::auth::redeem_ticket(&db, "").await.unwrap(), None);
+    })
+    .await;
+}
+
+fn keyed(kind: &str, key: &str, priority: Priority) -> NewJob {
+    NewJob {
+        kind: kind.into(),
+        payload: serde_json::json!({ "key": key }),
+        dedup_key: Some(key.into()),
+        max_attempts: None,
+        priority,
+    }
+}
+
+#[tokio::test]
+async fn background_jobs_wait_for_idle_workers_and_park_until_promoted() {
+    on_both(|db: Db| async move {
+        let queue = Queue::new(db.clone(), fast_config());
+        let bg = queue
+            .enqueue(&keyed("transcode", "bg", Priority::Background))
+            .await
+            .unwrap();
+        let normal = queue
+            .enqueue(&keyed("transcode", "normal", Priority::Normal))
+            .await
+            .unwrap();
+        // the later normal job goes first
+        let first = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(first.id, normal);
+        assert_eq!(first.priority, Priority::Normal);
+        // with the normal job waiting, a running background job would be told to yield
+        let second = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(second.id, bg);
+        assert_eq!(second.priority, Priority::Background);
+        assert!(
+            !queue
+                .others_waiting(&["transcode"], Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        let late = queue
+            .enqueue(&keyed("transcode", "late", Priority::Normal))
+            .await
+            .unwrap();
+        assert!(
+            queue
+                .others_waiting(&["transcode"], Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !queue
+                .others_waiting(&["transcode"], Duration::from_secs(60))
+                .await
+                .unwrap(),
+            "not waiting that long yet"
+        );
+        assert!(
+            !queue
+                .others_waiting(&["other"], Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        let third = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(third.id, late);
+
+        // parking: the background job gives its worker back, the attempt does not count, and
+        // nothing claims it until it is promoted
+        assert!(
+            queue
+                .park(&second, "waiting for the last byte")
+                .await
+                .unwrap()
+        );
+        let rec = queue.get(&bg).await.unwrap().unwrap();
+        assert!(rec.parked(), "{rec:?}");
+        assert_eq!(rec.attempts, 0);
+        assert_eq!(rec.last_error.as_deref(), Some("waiting for the last byte"));
+        assert!(queue.claim(&["transcode"], "w").await.unwrap().is_none());
+        let mut conn = db.pool().acquire().await.unwrap();
+        assert!(promote_on(&mut conn, "bg").await.unwrap());
+        drop(conn);
+        let rec = queue.get(&bg).await.unwrap().unwrap();
+        assert!(!rec.parked());
+        assert_eq!(rec.priority, Priority::Normal);
+        let again = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(again.id, bg);
+        assert_eq!(again.attempts, 1);
+
+        // a promotion that lands while the job runs is not lost when it parks afterwards
+        let racy = queue
+            .enqueue(&keyed("transcode", "racy", Priority::Background))
+            .await
+            .unwrap();
+        let running = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(running.id, racy);
+        let mut conn = db.pool().acquire().await.unwrap();
+        assert!(promote_on(&mut conn, "racy").await.unwrap());
+        drop(conn);
+        assert!(
+            !queue.park(&running, "too late").await.unwrap(),
+            "promoted while running: runnable at once"
+        );
+        let rec = queue.get(&racy).await.unwrap().unwrap();
+        assert!(!rec.parked() && rec.state == "queued");
+        assert_eq!(
+            queue.claim(&["transcode"], "w").await.unwrap().unwrap().id,
+            racy
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requeue_waits_and_withdraw_removes_only_waiting_jobs() {
+    on_both(|db: Db| async move {
+        let queue = Queue::new(db.clone(), fast_config());
+        let id = queue
+            .enqueue(&keyed("transcode", "stalled", Priority::Background))
+            .await
+            .unwrap();
+        let job = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert!(
+            queue
+                .requeue(&job, Duration::from_millis(300), "the upload stalled")
+                .await
+                .unwrap()
+        );
+        let rec = queue.get(&id).await.unwrap().unwrap();
+        assert_eq!((rec.state.as_str(), rec.attempts), ("queued", 0));
+        assert!(queue.claim(&["transcode"], "w").await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let job = queue.claim(&["transcode"], "w").await.unwrap().unwrap();
+        assert_eq!(job.id, id);
+        // a running job is not withdrawn (it notices by itself)…
+        let mut conn = db.pool().acquire().await.unwrap();
+        assert!(!withdraw_on(&mut conn, "stalled").await.unwrap());
+        drop(conn);
+        assert_eq!(queue.get(&id).await.unwrap().unwrap().state, "running");
+        // …a waiting one is
+        assert!(queue.park(&job, "waiting").await.unwrap());
+        let mut conn = db.pool().acquire().await.unwrap();
+        assert!(withdraw_on(&mut conn, "stalled").await.unwrap());
+        drop(conn);
+        assert!(queue.get(&id).await.unwrap().is_none());
+        assert!(queue.find("stalled").await.unwrap().is_none());
+    })
+    .await;
+}
+
+/// Defers once (parks), then succeeds: deferral goes through the worker loop without counting
+/// an attempt or dead-lettering.
+struct Patient {
+    runs: AtomicU32,
+}
+
+#[async_trait]
+impl Handler for Patient {
+    fn kind(&self) -> &'static str {
+        "patient"
+    }
+    async fn run(&self, _job: &Job, ctx: &Context) -> Result<(), JobError> {
+        assert_eq!(&*ctx.kinds, &["patient"]);
+        if self.runs.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(JobError::defer("not yet", Defer::UntilPromoted));
+        }
+        Ok(())
+    }
+    async fn dead(&self, _job: &Job, _error: &str) {
+        panic!("a deferred job is never dead-lettered");
+    }
+}
+
+#[tokio::test]
+async fn deferred_jobs_park_through_the_worker_loop() {
+    on_both(|db: Db| async move {
+        let queue = Queue::new(db.clone(), fast_config());
+        let id = queue
+            .enqueue(&keyed("patient", "p", Priority::Background))
+            .await
+            .unwrap();
+        let handler = Arc::new(Patient {
+            runs: AtomicU32::new(0),
+        });
+        let shutdown = CancellationToken::new();
+        let workers = tokio::spawn(common::queue::run_workers(
+            queue.clone(),
+            vec![handler.clone()],
+            1,
+            "test",
+            None,
+            shutdown.clone(),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !queue.get(&id).await.unwrap().unwrap().parked() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            handler.runs.load(Ordering::SeqCst),
+            1,
+            "parked: not run again"
+        );
+        let mut conn = db.pool().acquire().await.unwrap();
+        promote_on(&mut conn, "p").await.unwrap();
+        drop(conn);
+        queue.notify();
+        while queue.get(&id).await.unwrap().unwrap().state != "done" {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(queue.get(&id).await.unwrap().unwrap().attempts, 1);
+        shutdown.cancel();
+        workers.await.unwrap();
     })
     .await;
 }

@@ -616,6 +616,8 @@ async fn write_locked(
     let stale = Duration::from_secs(s.config.stale_lock_secs);
     let idle = Duration::from_secs(s.config.body_idle_secs);
     let commit_every = s.config.commit_every_bytes.max(1);
+    let commit_every_time = Duration::from_millis(s.config.commit_every_ms.max(1));
+    let mut last_commit = tokio::time::Instant::now();
     let mut since_commit = 0u64;
     let mut committed = up.received;
     let mut stream = body.into_data_stream();
@@ -654,11 +656,15 @@ async fn write_locked(
         }
         last_byte.store(now_ms(), Ordering::Relaxed);
         since_commit += chunk.len() as u64;
-        if hasher.is_none() && since_commit >= commit_every {
+        if hasher.is_none()
+            && (since_commit >= commit_every || last_commit.elapsed() >= commit_every_time)
+        {
             since_commit = 0;
+            last_commit = tokio::time::Instant::now();
             let c = writer.checkpoint(false).await.map_err(internal)?;
             if c.received > up.received || !c.parts.is_empty() {
-                match record::commit(&s.db, &up, owner, &c, expires(), lock_until()).await {
+                match record::commit(&s.db, &s.queue, &up, owner, &c, expires(), lock_until()).await
+                {
                     Ok(true) => {
                         s.metrics.bytes.inc_by(c.received.saturating_sub(committed));
                         committed = c.received;
@@ -699,7 +705,7 @@ async fn write_locked(
         }
     }
     let c = writer.checkpoint(true).await.map_err(internal)?;
-    match record::commit(&s.db, &up, owner, &c, expires(), lock_until()).await {
+    match record::commit(&s.db, &s.queue, &up, owner, &c, expires(), lock_until()).await {
         Ok(true) => {}
         Ok(false) => return Err(lost()),
         Err(e) => return Err(internal(e)),
@@ -720,6 +726,10 @@ async fn write_locked(
                 s.metrics.completed.inc();
                 now.complete = true;
                 tracing::info!(upload = %now.id, moment = %now.moment_id, "upload complete; transcode queued");
+                if let Err(e) = sink::cleanup(&s.store, &now).await {
+                    // Only space is at stake: the assembled object holds every byte.
+                    tracing::warn!(upload = %now.id, error = %e, "could not remove the upload's part objects");
+                }
             }
             Ok(false) => return Err(lost()),
             Err(e) => return Err(internal(e)),

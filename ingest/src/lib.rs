@@ -31,8 +31,11 @@ pub struct Config {
     pub stale_lock_secs: u64,
     /// A request body silent this long is ended, keeping what is durable (seconds).
     pub body_idle_secs: u64,
-    /// Without a checksum, progress is made durable at least every this many bytes.
+    /// Without a checksum, progress is made durable at least every this many bytes…
     pub commit_every_bytes: u64,
+    /// …and at least this often while bytes arrive (milliseconds), so a transcode reading the
+    /// growing upload is never far behind the network (on S3 only whole parts count mid-request).
+    pub commit_every_ms: u64,
     /// How often expired uploads are swept (seconds).
     pub cleanup_interval_secs: u64,
 }
@@ -46,6 +49,7 @@ impl Default for Config {
             stale_lock_secs: 10,
             body_idle_secs: 30,
             commit_every_bytes: 4 * 1024 * 1024,
+            commit_every_ms: 500,
             cleanup_interval_secs: 60,
         }
     }

@@ -2,11 +2,12 @@
 //! the write lock, durable-offset commits, completion (which queues the transcode in the same
 //! transaction) and expiry.
 
-use common::db::{Db, Error};
+use async_trait::async_trait;
+use common::db::{Change, Db, Error};
 use common::ids::now_ms;
 use common::moment::{self, State};
-use common::queue::{self, Queue};
-use common::store::Part;
+use common::queue::{self, Priority, Queue};
+use common::store::{Extent, Growing, Key, Part, Piece, Store};
 use sqlx::Row;
 
 /// One upload.
@@ -61,9 +62,19 @@ pub fn source_key(id: &str) -> String {
     format!("uploads/{id}")
 }
 
-/// The object key of the bytes past the last full S3 part.
-pub fn tail_key(id: &str) -> String {
-    format!("uploads/{id}.part")
+/// The object key of the bytes past the last full S3 part, which start at `base`.
+pub fn tail_key(id: &str, base: u64) -> String {
+    format!("uploads/{id}.tail/{base:012}")
+}
+
+/// The object key of S3 part `number` of an upload.
+pub fn part_key(id: &str, number: i32) -> String {
+    format!("uploads/{id}.parts/{number:05}")
+}
+
+/// The prefix of every part and tail object of an upload.
+pub fn pieces_prefix(id: &str) -> String {
+    format!("uploads/{id}.")
 }
 
 /// Creates the upload and its moment (state `uploading`) together.
@@ -195,10 +206,12 @@ pub struct Commit {
     pub tail_size: Option<u64>,
 }
 
-/// Makes progress durable, if `owner` still holds the lock. Also slides the expiry and mirrors
-/// the progress on the moment.
+/// Makes progress durable, if `owner` still holds the lock. Also slides the expiry, mirrors
+/// the progress on the moment, and with the upload's first durable bytes queues its transcode
+/// as a background job (a worker with nothing else to do starts on the growing upload).
 pub async fn commit(
     db: &Db,
+    queue: &Queue,
     up: &Upload,
     owner: &str,
     c: &Commit,
@@ -247,8 +260,41 @@ pub async fn commit(
     .bind(&up.moment_id)
     .execute(&mut *tx)
     .await?;
+    let first_bytes = up.received == 0 && c.received > 0 && c.received < up.length;
+    if first_bytes {
+        // The first bytes are durable: an idle worker may start on the growing upload.
+        queue::enqueue_on(
+            &mut tx,
+            queue.config(),
+            &moment::transcode_job(&up.moment_id, Priority::Background),
+        )
+        .await?;
+    }
     tx.commit().await?;
+    if first_bytes {
+        queue.notify();
+    }
+    db.notify(Change::Object(source_key(&up.id)));
+    db.notify(Change::Moment(up.moment_id.clone()));
     Ok(true)
+}
+
+/// The committed S3 parts with their sizes, ascending.
+pub async fn parts_with_sizes(db: &Db, id: &str) -> Result<Vec<(i32, u64)>, Error> {
+    let rows = sqlx::query(
+        "SELECT part_number, size FROM upload_parts WHERE upload_id = $1 ORDER BY part_number",
+    )
+    .bind(id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<i64, _>("part_number")? as i32,
+                r.try_get::<i64, _>("size")? as u64,
+            ))
+        })
+        .collect()
 }
 
 /// The committed S3 parts, ascending.
@@ -287,19 +333,33 @@ pub async fn complete(db: &Db, queue: &Queue, up: &Upload, owner: &str) -> Resul
     if r.rows_affected() != 1 {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE moments SET state = $1, progress = 0, updated_at = $2 WHERE id = $3 AND state = 'uploading'",
-    )
-    .bind(State::Queued.as_str())
-    .bind(now)
-    .bind(&up.moment_id)
-    .execute(&mut *tx)
-    .await?;
+    let key = moment::transcode_key(&up.moment_id);
     queue::enqueue_on(
         &mut tx,
         queue.config(),
-        &moment::transcode_job(&up.moment_id),
+        &moment::transcode_job(&up.moment_id, Priority::Normal),
     )
+    .await?;
+    // A job queued with the first bytes waits no more; one already transcoding the growing
+    // upload goes on (and will not park itself any more).
+    queue::promote_on(&mut tx, &key).await?;
+    let running: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE dedup_key = $1 AND state = 'running'")
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?;
+    let state = if running > 0 {
+        State::Transcoding
+    } else {
+        State::Queued
+    };
+    sqlx::query(
+        "UPDATE moments SET state = $1, progress = 0, updated_at = $2 WHERE id = $3 AND state = 'uploading'",
+    )
+    .bind(state.as_str())
+    .bind(now)
+    .bind(&up.moment_id)
+    .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
         .bind(&up.id)
@@ -307,12 +367,18 @@ pub async fn complete(db: &Db, queue: &Queue, up: &Upload, owner: &str) -> Resul
         .await?;
     tx.commit().await?;
     queue.notify();
+    db.notify(Change::Object(source_key(&up.id)));
+    db.notify(Change::Moment(up.moment_id.clone()));
     Ok(true)
 }
 
-/// Removes an upload (termination or expiry) and its moment, if it never completed.
+/// Removes an upload (termination or expiry) and its moment, if it never completed, with a
+/// transcode still waiting for it (one running on the growing upload sees it gone and stops).
 pub async fn delete(db: &Db, up: &Upload) -> Result<(), Error> {
     let mut tx = db.pool().begin().await?;
+    if !up.complete {
+        queue::withdraw_on(&mut tx, &moment::transcode_key(&up.moment_id)).await?;
+    }
     sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
         .bind(&up.id)
         .execute(&mut *tx)
@@ -328,6 +394,8 @@ pub async fn delete(db: &Db, up: &Upload) -> Result<(), Error> {
             .await?;
     }
     tx.commit().await?;
+    db.notify(Change::Object(source_key(&up.id)));
+    db.notify(Change::Moment(up.moment_id.clone()));
     Ok(())
 }
 
@@ -343,4 +411,83 @@ pub async fn expired(db: &Db, limit: i64) -> Result<Vec<Upload>, Error> {
     .fetch_all(db.pool())
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// How much of each upload is durable and where its bytes are, for readers of uploads that are
+/// still arriving (the transcoder).
+pub struct Sources {
+    db: Db,
+    store: Store,
+}
+
+impl Sources {
+    /// Answers from the upload rows in `db` about objects in `store`.
+    pub fn new(db: Db, store: Store) -> Sources {
+        Sources { db, store }
+    }
+}
+
+#[async_trait]
+impl Growing for Sources {
+    async fn extent(&self, key: &Key) -> Result<Option<Extent>, common::store::Error> {
+        let Some(id) = key.as_str().strip_prefix("uploads/") else {
+            return Ok(None);
+        };
+        let dberr = |e: Error| common::store::Error::Io(std::io::Error::other(e.to_string()));
+        // The row and its parts are two reads; a commit between them can only add parts past
+        // the row's offset, which are left out. Anything else is read again.
+        for _ in 0..5 {
+            let Some(up) = get(&self.db, id).await.map_err(dberr)? else {
+                return Ok(None);
+            };
+            if up.complete {
+                return Ok(Some(Extent::whole(key.clone(), up.length)));
+            }
+            if self.store.local_path(key).is_some() {
+                return Ok(Some(Extent {
+                    length: up.length,
+                    durable: up.received,
+                    complete: false,
+                    pieces: vec![Piece {
+                        key: key.clone(),
+                        offset: 0,
+                        size: up.received,
+                    }],
+                }));
+            }
+            let base = up.received - up.tail_size;
+            let mut pieces = Vec::new();
+            let mut at = 0u64;
+            for (number, size) in parts_with_sizes(&self.db, id).await.map_err(dberr)? {
+                if at >= base {
+                    break;
+                }
+                pieces.push(Piece {
+                    key: Key::new(part_key(id, number))?,
+                    offset: at,
+                    size,
+                });
+                at += size;
+            }
+            if at != base {
+                continue;
+            }
+            if up.tail_size > 0 {
+                pieces.push(Piece {
+                    key: Key::new(tail_key(id, base))?,
+                    offset: base,
+                    size: up.tail_size,
+                });
+            }
+            return Ok(Some(Extent {
+                length: up.length,
+                durable: up.received,
+                complete: false,
+                pieces,
+            }));
+        }
+        Err(common::store::Error::Io(std::io::Error::other(format!(
+            "upload {id}: its parts and offset keep disagreeing"
+        ))))
+    }
 }

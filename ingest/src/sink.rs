@@ -2,10 +2,14 @@
 //!
 //! * A local store: the bytes are appended to the upload's object file (`uploads/{id}`), fsynced
 //!   before each commit; on resume the file is cut back to the durable offset.
-//! * S3: bytes are gathered into parts of the configured size and uploaded as multipart parts;
-//!   what is left below one part is kept as its own object (`uploads/{id}.part`, like tusd's
-//!   `.part`), so any ingest node can resume the upload. Completion uploads the tail as the last
-//!   part and assembles the object.
+//! * S3: bytes are gathered into parts of the configured size, each stored as its own object
+//!   (`uploads/{id}.parts/{n}`); what is left below one part at the end of a request is kept as
+//!   a tail object named by where it starts (`uploads/{id}.tail/{offset}`, like tusd's
+//!   `.part`), so any ingest node can resume the upload — and any worker can read the upload
+//!   while it is still arriving (multipart parts cannot be read before completion). Completion
+//!   assembles the object with a multipart upload that copies the parts inside S3
+//!   (UploadPartCopy: no bytes travel again) plus the tail as the last part; the part and tail
+//!   objects are removed once the completion is recorded.
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -13,6 +17,7 @@ use std::path::PathBuf;
 use bytes::{Bytes, BytesMut};
 use common::db::Db;
 use common::store::{Key, PutOptions, Store};
+use futures::StreamExt;
 use tokio::fs::OpenOptions;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
@@ -65,12 +70,11 @@ pub struct S3Writer {
     db: Db,
     id: String,
     key: Key,
-    upload_id: Option<String>,
     part_size: usize,
     buf: BytesMut,
-    /// Bytes in committed parts before this request.
+    /// Bytes in committed parts (where `buf` starts in the upload).
     parts_bytes: u64,
-    /// Parts uploaded by this request, not yet committed.
+    /// Parts stored by this request, not yet committed.
     pending: Vec<(common::store::Part, u64)>,
 }
 
@@ -90,11 +94,14 @@ impl Writer {
             return Err(Error::Unsupported);
         }
         let mut buf = BytesMut::with_capacity(part_size as usize);
+        let parts_bytes = up.received - up.tail_size;
         if up.tail_size > 0 {
             let tail = store
-                .get_bytes(&Key::new(record::tail_key(&up.id))?, part_size)
+                .get_bytes(&Key::new(record::tail_key(&up.id, parts_bytes))?, part_size)
                 .await?;
-            if tail.len() as u64 != up.tail_size {
+            // A request that stored a longer tail but lost its commit leaves more bytes than are
+            // durable; they start with the same durable bytes, which are all we keep.
+            if (tail.len() as u64) < up.tail_size {
                 return Err(Error::Store(common::store::Error::Io(
                     std::io::Error::other(format!(
                         "tail object of upload {} has {} bytes, expected {}",
@@ -104,17 +111,16 @@ impl Writer {
                     )),
                 )));
             }
-            buf.extend_from_slice(&tail);
+            buf.extend_from_slice(&tail[..up.tail_size as usize]);
         }
         Ok(Writer::S3(S3Writer {
             store: store.clone(),
             db: db.clone(),
             id: up.id.clone(),
             key,
-            upload_id: up.s3_upload_id.clone(),
             part_size: part_size as usize,
             buf,
-            parts_bytes: up.received - up.tail_size,
+            parts_bytes,
             pending: Vec::new(),
         }))
     }
@@ -166,17 +172,19 @@ impl Writer {
                 let parts: Vec<_> = std::mem::take(&mut w.pending);
                 w.parts_bytes += parts.iter().map(|(_, s)| *s).sum::<u64>();
                 let tail_size = if tail {
-                    let key = Key::new(record::tail_key(&w.id))?;
-                    if w.buf.is_empty() {
-                        w.store.delete(&key).await?;
-                    } else {
+                    if !w.buf.is_empty() {
+                        let key = Key::new(record::tail_key(&w.id, w.parts_bytes))?;
                         w.store
                             .put_bytes(&key, w.buf.clone().freeze(), &PutOptions::default())
                             .await?;
                     }
                     Some(w.buf.len() as u64)
-                } else {
+                } else if parts.is_empty() {
                     None
+                } else {
+                    // The old tail's bytes went into the first new part: no tail is durable
+                    // past the parts until the end of the request stores one.
+                    Some(0)
                 };
                 let received = w.parts_bytes + if tail { w.buf.len() as u64 } else { 0 };
                 Ok(Commit {
@@ -225,7 +233,9 @@ impl Writer {
     }
 
     /// Finishes a fully received upload: assembles the S3 object (the local file already is
-    /// the object).
+    /// the object). The S3 part and tail objects stay until [`cleanup`] runs after the
+    /// completion is recorded, so a reader of the growing upload never finds them gone before
+    /// the upload says it is complete.
     pub async fn finish(self, up: &Upload) -> Result<(), Error> {
         match self {
             Writer::File(mut w) => {
@@ -237,38 +247,7 @@ impl Writer {
                 w.file.sync_all().await?;
                 Ok(())
             }
-            Writer::S3(mut w) => {
-                let store = w.store.clone();
-                let Some(mp) = store.multipart() else {
-                    return Err(Error::Unsupported);
-                };
-                let tail_key = Key::new(record::tail_key(&w.id))?;
-                match w.upload_id.clone() {
-                    None => {
-                        // Everything fits in the tail: one plain object.
-                        let bytes = w.buf.split().freeze();
-                        w.store
-                            .put_bytes(&w.key, bytes, &PutOptions::default())
-                            .await?;
-                    }
-                    Some(upload_id) => {
-                        if !w.buf.is_empty() {
-                            let last = w.buf.split().freeze();
-                            w.upload(last).await?;
-                        }
-                        // committed parts plus any this request uploaded since its last commit
-                        let mut parts = record::parts(&w.db, &up.id).await?;
-                        for (p, _) in w.pending.drain(..) {
-                            parts.push(p);
-                        }
-                        parts.sort_by_key(|p| p.number);
-                        parts.dedup_by_key(|p| p.number);
-                        mp.complete_multipart(&w.key, &upload_id, &parts).await?;
-                    }
-                }
-                w.store.delete(&tail_key).await?;
-                Ok(())
-            }
+            Writer::S3(w) => w.assemble(up).await,
         }
     }
 }
@@ -302,31 +281,109 @@ impl FileWriter {
     }
 }
 
+/// Parts copied into the assembled object at once.
+const COPY_CONCURRENCY: usize = 4;
+
 impl S3Writer {
+    /// Stores one full part as its own object under a fresh part number.
     async fn upload(&mut self, part: Bytes) -> Result<(), Error> {
+        let number = record::next_part(&self.db, &self.id).await?;
+        let size = part.len() as u64;
+        let key = Key::new(record::part_key(&self.id, number))?;
+        let meta = self
+            .store
+            .put_bytes(&key, part, &PutOptions::default())
+            .await?;
+        self.pending.push((
+            common::store::Part {
+                number,
+                etag: meta.etag.unwrap_or_default(),
+            },
+            size,
+        ));
+        Ok(())
+    }
+
+    /// Assembles the object from the committed parts (copied inside S3), the parts this
+    /// request stored, and what is left in the buffer.
+    async fn assemble(mut self, up: &Upload) -> Result<(), Error> {
         let Some(mp) = self.store.multipart() else {
             return Err(Error::Unsupported);
         };
-        let upload_id = match &self.upload_id {
-            Some(u) => u.clone(),
-            None => {
-                let u = mp
-                    .create_multipart(&self.key, &PutOptions::default())
-                    .await?;
-                record::set_s3_upload_id(&self.db, &self.id, &u).await?;
-                self.upload_id = Some(u.clone());
-                u
-            }
-        };
-        let number = record::next_part(&self.db, &self.id).await?;
-        let size = part.len() as u64;
-        let p = mp.upload_part(&self.key, &upload_id, number, part).await?;
-        self.pending.push((p, size));
+        let mut numbers: Vec<i32> = record::parts(&self.db, &up.id)
+            .await?
+            .iter()
+            .map(|p| p.number)
+            .collect();
+        numbers.extend(self.pending.drain(..).map(|(p, _)| p.number));
+        numbers.sort_unstable();
+        numbers.dedup();
+        if numbers.is_empty() {
+            // Everything fits in the buffer: one plain object.
+            let bytes = self.buf.split().freeze();
+            self.store
+                .put_bytes(&self.key, bytes, &PutOptions::default())
+                .await?;
+            return Ok(());
+        }
+        // A completion that died half-way left a multipart upload behind: abandon it.
+        if let Some(old) = &up.s3_upload_id {
+            let _ = mp.abort_multipart(&self.key, old).await;
+        }
+        let upload_id = mp
+            .create_multipart(&self.key, &PutOptions::default())
+            .await?;
+        record::set_s3_upload_id(&self.db, &self.id, &upload_id).await?;
+        let copies: Vec<_> = numbers
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let (store, key, upload_id) =
+                    (self.store.clone(), self.key.clone(), upload_id.clone());
+                let source = Key::new(record::part_key(&self.id, n));
+                async move {
+                    let Some(mp) = store.multipart() else {
+                        return Err(Error::Unsupported);
+                    };
+                    Ok(mp
+                        .upload_part_copy(&key, &upload_id, i as i32 + 1, &source?)
+                        .await?)
+                }
+            })
+            .collect();
+        let mut parts: Vec<common::store::Part> = futures::stream::iter(copies)
+            .buffered(COPY_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        if !self.buf.is_empty() {
+            let last = self.buf.split().freeze();
+            parts.push(
+                mp.upload_part(&self.key, &upload_id, parts.len() as i32 + 1, last)
+                    .await?,
+            );
+        }
+        mp.complete_multipart(&self.key, &upload_id, &parts).await?;
         Ok(())
     }
 }
 
-/// Frees an abandoned upload's storage: the local file, or the S3 multipart upload and tail.
+/// Removes an S3 upload's part and tail objects once its completion is recorded (the
+/// assembled object holds every byte). Nothing to do on a local store.
+pub async fn cleanup(store: &Store, up: &Upload) -> Result<(), Error> {
+    let key = Key::new(record::source_key(&up.id))?;
+    if store.local_path(&key).is_some() {
+        return Ok(());
+    }
+    for obj in store.list(&record::pieces_prefix(&up.id)).await? {
+        store.delete(&Key::new(obj.key)?).await?;
+    }
+    Ok(())
+}
+
+/// Frees an abandoned upload's storage: the local file, or the S3 parts, tail and any
+/// half-finished multipart assembly.
 pub async fn remove(store: &Store, up: &Upload) -> Result<(), Error> {
     let key = Key::new(record::source_key(&up.id))?;
     if store.local_path(&key).is_some() {
@@ -336,7 +393,7 @@ pub async fn remove(store: &Store, up: &Upload) -> Result<(), Error> {
     if let (Some(mp), Some(upload_id)) = (store.multipart(), &up.s3_upload_id) {
         let _ = mp.abort_multipart(&key, upload_id).await;
     }
-    store.delete(&Key::new(record::tail_key(&up.id))?).await?;
+    cleanup(store, up).await?;
     if up.complete {
         store.delete(&key).await?;
     }

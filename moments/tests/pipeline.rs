@@ -38,7 +38,10 @@ async fn submit(s: &moments::app::Services, user: &str, file: &std::path::Path) 
     moment::create(&s.db, &id, user, State::Queued, Some(key.as_str()))
         .await
         .unwrap();
-    s.queue.enqueue(&moment::transcode_job(&id)).await.unwrap();
+    s.queue
+        .enqueue(&moment::transcode_job(&id, Default::default()))
+        .await
+        .unwrap();
     id
 }
 

@@ -60,7 +60,10 @@ async fn a_30s_moment_adapts_in_the_harness_and_plays_in_chromium() {
     moment::create(&s.db, &id, "alice", State::Queued, Some(key.as_str()))
         .await
         .unwrap();
-    s.queue.enqueue(&moment::transcode_job(&id)).await.unwrap();
+    s.queue
+        .enqueue(&moment::transcode_job(&id, Default::default()))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let m = moment::get(&s.db, &id).await.unwrap().unwrap();

@@ -86,7 +86,10 @@ async fn a_killed_worker_job_completes_on_another_worker() {
     moment::create(&db, &id, "alice", State::Queued, Some(key.as_str()))
         .await
         .unwrap();
-    let job = queue.enqueue(&moment::transcode_job(&id)).await.unwrap();
+    let job = queue
+        .enqueue(&moment::transcode_job(&id, Default::default()))
+        .await
+        .unwrap();
 
     let mut a = worker(dir.path(), &pg.url, &s3);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -57,7 +57,10 @@ async fn main() {
     );
 
     let started = Instant::now();
-    queue.enqueue(&moment::transcode_job(&id)).await.unwrap();
+    queue
+        .enqueue(&moment::transcode_job(&id, Default::default()))
+        .await
+        .unwrap();
     let handler = transcode::job::Transcoder::new(
         db.clone(),
         store.clone(),

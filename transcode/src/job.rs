@@ -150,7 +150,13 @@ impl Transcoder {
                 Event::Progress { done, total } => {
                     if total > 0.0 && last_progress.elapsed() >= Duration::from_millis(900) {
                         last_progress = Instant::now();
-                        let _ = moment::set_progress(&self.db, id, (done / total).min(0.99)).await;
+                        let _ = moment::set_progress(
+                            &self.db,
+                            id,
+                            (done / total).min(0.99),
+                            &Default::default(),
+                        )
+                        .await;
                     }
                     Ok(())
                 }

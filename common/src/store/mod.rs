@@ -4,6 +4,7 @@
 //! Bodies are streams of byte chunks, never whole objects in memory. Keys are validated before
 //! they reach a backend ([`Key`]), so nothing can be written outside the store's root.
 
+pub mod growing;
 mod local;
 pub mod s3;
 
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 
+pub use growing::{Extent, Growing, Piece};
 pub use local::Local;
 pub use s3::S3;
 
@@ -292,6 +294,15 @@ pub trait Multipart: Send + Sync {
         upload_id: &str,
         number: i32,
         data: Bytes,
+    ) -> Result<Part, Error>;
+    /// Copies the whole object at `source` in as part `number`, inside the service (no bytes
+    /// travel through us). Every part but the last must be at least 5 MiB.
+    async fn upload_part_copy(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        number: i32,
+        source: &Key,
     ) -> Result<Part, Error>;
     /// Assembles the listed parts (ascending numbers) into the object.
     async fn complete_multipart(

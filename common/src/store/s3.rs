@@ -505,6 +505,38 @@ impl Multipart for S3 {
         })
     }
 
+    async fn upload_part_copy(
+        &self,
+        key: &Key,
+        upload_id: &str,
+        number: i32,
+        source: &Key,
+    ) -> Result<Part, Error> {
+        let full = self.full_key(key.as_str());
+        let src = format!(
+            "{}/{}",
+            self.bucket,
+            copy_source_escape(&self.full_key(source.as_str()))
+        );
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .part_number(number)
+            .copy_source(src)
+            .send()
+            .await
+            .map_err(|e| s3_err("copy a part into", &full, e))?;
+        let etag = out
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_string();
+        Ok(Part { number, etag })
+    }
+
     async fn complete_multipart(
         &self,
         key: &Key,
@@ -571,6 +603,19 @@ impl S3 {
 }
 
 /// Parses `bytes FIRST-LAST/SIZE`.
+/// Percent-encodes a key for `x-amz-copy-source` (slashes stay).
+fn copy_source_escape(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (span, size) = rest.split_once('/')?;
@@ -580,7 +625,16 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_content_range;
+    use super::{copy_source_escape, parse_content_range};
+
+    #[test]
+    fn copy_sources_are_escaped() {
+        assert_eq!(
+            copy_source_escape("p/uploads/ab.parts/00001"),
+            "p/uploads/ab.parts/00001"
+        );
+        assert_eq!(copy_source_escape("a b+c"), "a%20b%2Bc");
+    }
 
     #[test]
     fn content_range() {

@@ -111,7 +111,7 @@ pub async fn submit(env: &Env, user: &str, path: &Path) -> String {
         .await
         .unwrap();
     env.queue
-        .enqueue(&moment::transcode_job(&id))
+        .enqueue(&moment::transcode_job(&id, Default::default()))
         .await
         .unwrap();
     id
