@@ -33,11 +33,13 @@ pub struct Upload {
     pub s3_upload_id: Option<String>,
     /// Bytes in the S3 tail object (below the part size).
     pub tail_size: u64,
+    /// Last change (ms since the epoch).
+    pub updated_at: i64,
 }
 
 macro_rules! cols {
     () => {
-        "id, user_id, moment_id, length, received, metadata, state, expires_at, s3_upload_id, tail_size"
+        "id, user_id, moment_id, length, received, metadata, state, expires_at, s3_upload_id, tail_size, updated_at"
     };
 }
 
@@ -54,6 +56,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Upload, Error> {
         expires_at: r.try_get("expires_at")?,
         s3_upload_id: r.try_get("s3_upload_id")?,
         tail_size: r.try_get::<i64, _>("tail_size")? as u64,
+        updated_at: r.try_get("updated_at")?,
     })
 }
 
@@ -453,6 +456,7 @@ impl Growing for Sources {
                         offset: 0,
                         size: up.received,
                     }],
+                    updated_ms: up.updated_at,
                 }));
             }
             let base = up.received - up.tail_size;
@@ -484,6 +488,7 @@ impl Growing for Sources {
                 durable: up.received,
                 complete: false,
                 pieces,
+                updated_ms: up.updated_at,
             }));
         }
         Err(common::store::Error::Io(std::io::Error::other(format!(

@@ -204,6 +204,10 @@ impl Services {
         let transcoder = transcode::job::Transcoder::new(
             self.db.clone(),
             self.store.clone(),
+            Arc::new(ingest::record::Sources::new(
+                self.db.clone(),
+                self.store.clone(),
+            )),
             self.config.transcode.clone(),
             self.config.packager.clone(),
             Some(tm),

@@ -171,6 +171,12 @@ pub const ENV: &[EnvVar] = &[
         help: "transcode jobs run at once per process (default 1)",
     },
     EnvVar {
+        name: "MOMENTS_TRANSCODE_STREAMING",
+        key: "transcode.streaming",
+        kind: Kind::Bool,
+        help: "transcode uploads while they arrive when a worker is idle (default true)",
+    },
+    EnvVar {
         name: "MOMENTS_LLM_URL",
         key: "voice.llm_url",
         kind: Kind::Str,

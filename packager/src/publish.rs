@@ -205,6 +205,11 @@ impl Publisher {
         self.failed.insert(rung.to_string(), reason.to_string());
     }
 
+    /// The poster's key, once written.
+    pub fn poster_key(&self) -> Option<&str> {
+        self.poster_key.as_deref()
+    }
+
     /// Writes the poster (JPEG, quality 85).
     pub async fn poster(&mut self, image: &image::RgbImage) -> Result<(), Error> {
         let jpeg = encode_jpeg(image, 85)?;

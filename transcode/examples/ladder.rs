@@ -64,6 +64,7 @@ async fn main() {
     let handler = transcode::job::Transcoder::new(
         db.clone(),
         store.clone(),
+        Arc::new(common::store::NoneGrowing),
         config,
         packager::Config::default(),
         None,

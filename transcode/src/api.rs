@@ -1,6 +1,7 @@
 //! Moment status routes: `GET /v1/moments/{id}` (JSON) and `GET /v1/moments/{id}/events`
 //! (Server-Sent Events of the same JSON as it changes; at least one event a second while
-//! transcoding). Both are scoped to the owner: another user's moment is a 404.
+//! transcoding). Both are scoped to the owner: another user's moment is a 404. Changes made by
+//! this process are sent at once (the database's change bus); others within a poll interval.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -87,10 +88,16 @@ pub fn view(m: &Moment, public_base: Option<&str>, host: &str) -> Value {
         "failed_renditions": published.get("failed").cloned().unwrap_or(json!([])),
         "duration": published.get("duration").cloned().unwrap_or(Value::Null),
         "master_url": if ready { Value::String(packager::origin::master_url(public_base, host, &m.id)) } else { Value::Null },
-        "poster_url": match published.get("poster_key").and_then(Value::as_str) {
-            Some(k) if ready => Value::String(url(k)),
+        // the poster exists from the first decoded frame on, often while the upload arrives
+        "poster_url": match (published.get("poster_key").and_then(Value::as_str), &m.detail.poster_key) {
+            (Some(k), _) if ready => Value::String(url(k)),
+            (_, Some(k)) if m.state != MomentState::Failed => Value::String(url(k)),
             _ => Value::Null,
         },
+        "streaming": m.detail.streaming,
+        "reason": m.detail.reason,
+        "encoded_s": m.detail.encoded_s,
+        "received_s": m.detail.received_s,
         "thumbnails_url": if ready { Value::String(url(&format!("hls/{}/thumbs.vtt", m.id))) } else { Value::Null },
         "created_at": m.created_at,
         "updated_at": m.updated_at,
@@ -125,6 +132,7 @@ async fn events(
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
     let host = request_host(&headers, &uri, version, s.http_origin.as_deref());
     struct St {
+        changes: tokio::sync::broadcast::Receiver<common::db::Change>,
         db: Db,
         id: String,
         base: Option<String>,
@@ -135,6 +143,7 @@ async fn events(
         done: bool,
     }
     let st = St {
+        changes: s.db.subscribe(),
         db: s.db.clone(),
         id,
         base: s.public_base_url.clone(),
@@ -152,7 +161,20 @@ async fn events(
             let m = match st.pending.take() {
                 Some(m) => m,
                 None => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let id = st.id.clone();
+                    let changed = async {
+                        loop {
+                            match st.changes.recv().await {
+                                Ok(common::db::Change::Moment(m)) if m == id => return,
+                                Ok(_) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                    std::future::pending::<()>().await
+                                }
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(250), changed).await;
                     match moment::get(&st.db, &st.id).await {
                         Ok(Some(m)) => m,
                         Ok(None) => return None,

@@ -38,3 +38,44 @@ pub fn parameters_extradata(params: &ff::codec::Parameters) -> Vec<u8> {
         }
     }
 }
+
+/// One entry of a stream's sample index (what a container such as MP4 knows of every sample
+/// before reading it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IndexEntry {
+    /// Byte position of the sample in the file.
+    pub pos: i64,
+    /// Its timestamp (stream time base).
+    pub timestamp: i64,
+    /// Its size in bytes (0 when the container does not say).
+    pub size: u32,
+    /// A sync sample (keyframe).
+    pub key: bool,
+}
+
+/// A copy of the stream's sample index, taken right after the input was opened.
+pub fn index_entries(stream: &ff::format::stream::Stream) -> Vec<IndexEntry> {
+    // SAFETY: `stream` borrows a live AVStream of an open input for the whole call. FFmpeg's
+    // accessors return the count of entries and a pointer to entry `i` (valid until the next
+    // call that takes the stream or its context); each entry is copied out at once, and no
+    // other FFmpeg call is made in between.
+    unsafe {
+        let st = stream.as_ptr() as *mut ff::ffi::AVStream;
+        let n = ff::ffi::avformat_index_get_entries_count(st);
+        let mut out = Vec::with_capacity(n.max(0) as usize);
+        for i in 0..n {
+            let e = ff::ffi::avformat_index_get_entry(st, i);
+            if e.is_null() {
+                break;
+            }
+            let e = &*e;
+            out.push(IndexEntry {
+                pos: e.pos,
+                timestamp: e.timestamp,
+                size: e.size().max(0) as u32,
+                key: e.flags() & ff::ffi::AVINDEX_KEYFRAME != 0,
+            });
+        }
+        out
+    }
+}

@@ -1,27 +1,56 @@
-//! The `transcode` job kind: fetch the source, transcode it on a blocking thread, publish what
-//! comes out as it comes out, and move the moment along (`transcoding` → `ready` or `failed`).
+//! The `transcode` job kind: read the source as a byte stream, transcode it on a blocking
+//! thread, publish what comes out as it comes out, and move the moment along (`transcoding` →
+//! `ready` or `failed`).
+//!
+//! Two paths, one code:
+//! * **Streaming.** Ingest queues the job as a background job with the upload's first durable
+//!   bytes. A worker with nothing else to do claims it, reads the container's first bytes and,
+//!   if the container can be read while it arrives ([`crate::container`]), transcodes the
+//!   growing upload: reads past what has arrived wait. The poster is published with the first
+//!   decoded frame; the master playlist, as always, only when every rung is complete.
+//! * **After the upload.** Everything else: the job runs once the upload is complete (the
+//!   completion promotes it), exactly as before streaming existed.
+//!
+//! Workers are not held hostage: a streaming job gives its worker back (and starts over later)
+//! when a job of a finished upload has waited `stream_yield_secs` for a worker, when its upload
+//! brings no bytes for `stream_idle_secs`, or when it has streamed for half the job time limit;
+//! a container that cannot stream parks the job until the upload completes. A stream that
+//! turns out unreadable while bytes are still arriving is never failed early: the job waits for
+//! the last byte and the after-upload path decides, so bad input is refused the same way on
+//! both paths. An upload terminated or expired mid-stream stops the job and removes whatever
+//! it had published.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use common::db::Db;
+use common::ids::now_ms;
 use common::metrics::Metrics;
-use common::moment::{self, State};
-use common::queue::{Context, Handler, Job, JobError};
-use common::store::{Key, Store};
+use common::moment::{self, Detail, State};
+use common::queue::{Context, Defer, Handler, Job, JobError};
+use common::store::{Extent, Growing, Key, Store};
 use packager::publish::{Publisher, Thumb};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::media::{self, Event, Limits, Settings};
+use crate::container::{self, Sniff};
+use crate::media::{self, Event, Input, Limits, Settings};
+use crate::source::{Monitor, Policy, Reader, Stop};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
+}
 
 /// Transcode metrics.
 #[derive(Clone, Debug)]
 pub struct TranscodeMetrics {
     speed: Histogram,
+    paths: Family<PathLabels, Counter>,
 }
 
 impl TranscodeMetrics {
@@ -30,27 +59,57 @@ impl TranscodeMetrics {
         let speed = Histogram::new([0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]);
         metrics.register(
             "transcode_speed_ratio",
-            "Seconds of video transcoded per second of wall time (× realtime)",
+            "Seconds of video transcoded per second of wall time (× realtime), after-upload path",
             speed.clone(),
         );
-        TranscodeMetrics { speed }
+        let paths = Family::<PathLabels, Counter>::default();
+        metrics.register(
+            "transcode_ready",
+            "Moments made ready, by path (streaming: while the upload arrived; after_upload)",
+            paths.clone(),
+        );
+        TranscodeMetrics { speed, paths }
     }
 }
+
+/// The largest container header read to decide whether an upload can stream.
+const MAX_SNIFF: u64 = 16 << 20;
 
 /// The handler for `transcode` jobs.
 pub struct Transcoder {
     db: Db,
     store: Store,
+    growing: Arc<dyn Growing>,
     config: Config,
     packager: packager::Config,
     metrics: Option<TranscodeMetrics>,
 }
 
+/// How one attempt ended, when it did not make the moment ready.
+enum Outcome {
+    /// The moment's upload is gone; what was published is removed.
+    Gone,
+    /// Give the worker back.
+    Defer(String, Defer),
+    /// The remuxed top rung met an open GOP: transcode again without the remux.
+    RemuxRefused,
+    /// Failed.
+    Failed(JobError),
+}
+
+impl From<JobError> for Outcome {
+    fn from(e: JobError) -> Outcome {
+        Outcome::Failed(e)
+    }
+}
+
 impl Transcoder {
-    /// A handler publishing to `store` and recording state in `db`.
+    /// A handler publishing to `store`, recording state in `db`, and reading uploads still in
+    /// progress through `growing`.
     pub fn new(
         db: Db,
         store: Store,
+        growing: Arc<dyn Growing>,
         config: Config,
         packager: packager::Config,
         metrics: Option<TranscodeMetrics>,
@@ -59,13 +118,14 @@ impl Transcoder {
         Transcoder {
             db,
             store,
+            growing,
             config,
             packager,
             metrics,
         }
     }
 
-    fn settings(&self) -> Settings {
+    fn settings(&self, allow_remux: bool) -> Settings {
         Settings {
             rungs: self.config.rungs.clone(),
             preset: self.config.x264_preset.clone(),
@@ -77,57 +137,180 @@ impl Transcoder {
                 min_duration: self.config.min_duration_secs,
                 max_dimension: self.config.max_dimension,
             },
+            allow_remux,
         }
     }
 
-    async fn fetch(&self, key: &Key) -> Result<(PathBuf, Option<tempfile::TempPath>), JobError> {
-        if let Some(p) = self.store.local_path(key)
-            && p.is_file()
-        {
-            return Ok((p, None));
+    fn policy(&self) -> Policy {
+        Policy {
+            stall: Duration::from_secs(self.config.stream_idle_secs.max(1)),
+            yield_after: Some(Duration::from_secs(self.config.stream_yield_secs)),
+            max_streaming: Duration::from_secs((self.config.job_time_limit_secs / 2).max(1)),
+            poll: Duration::from_millis(250),
         }
-        let dir = self
-            .config
-            .work_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| JobError::retry(format!("work dir {}: {e}", dir.display())))?;
-        let tmp = tempfile::Builder::new()
-            .prefix("moments-src-")
-            .tempfile_in(&dir)
-            .map_err(|e| JobError::retry(format!("temp file in {}: {e}", dir.display())))?
-            .into_temp_path();
-        match self.store.download_to(key, &tmp).await {
-            Ok(_) => Ok((tmp.to_path_buf(), Some(tmp))),
+    }
+
+    /// The source's extent: an upload still arriving (or complete) as ingest knows it, or an
+    /// object stored whole. `None`: the upload was abandoned.
+    async fn extent(&self, m: &moment::Moment, key: &Key) -> Result<Option<Extent>, JobError> {
+        match self.growing.extent(key).await {
+            Ok(Some(e)) => return Ok(Some(e)),
+            Ok(None) if m.state == State::Uploading => return Ok(None),
+            Ok(None) => {}
+            Err(e) => return Err(JobError::retry(format!("reading the upload's state: {e}"))),
+        }
+        match self.store.head(key).await {
+            Ok(meta) => Ok(Some(Extent::whole(key.clone(), meta.size))),
             Err(common::store::Error::NotFound(_)) => Err(JobError::permanent(
                 "the uploaded source is missing from storage",
             )),
-            Err(e) => Err(JobError::retry(format!("fetching the source: {e}"))),
+            Err(e) => Err(JobError::retry(format!("looking up the source: {e}"))),
         }
     }
 
-    async fn transcode(
+    async fn detail(&self, id: &str, progress: f64, detail: &Detail) {
+        if let Err(e) = moment::set_progress(&self.db, id, progress, detail).await {
+            tracing::warn!(moment = %id, error = %e, "could not record progress");
+        }
+    }
+
+    /// Removes what an abandoned moment had published.
+    async fn unpublish(&self, id: &str) {
+        match self.store.list(&format!("hls/{id}/")).await {
+            Ok(objects) => {
+                for o in objects {
+                    if let Ok(k) = Key::new(o.key) {
+                        let _ = self.store.delete(&k).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(moment = %id, error = %e, "could not list what to remove"),
+        }
+    }
+
+    /// Reads the container's first bytes to decide whether the growing upload can be read as
+    /// it arrives. Returns the reader (positioned at 0) and the decision.
+    async fn sniff(&self, reader: Reader) -> Result<(Reader, Sniff), Outcome> {
+        let monitor = reader.monitor();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut reader = reader;
+            let mut want = 64 * 1024;
+            loop {
+                let head = reader.head(want)?;
+                match container::sniff(&head, reader.monitor().length()) {
+                    Sniff::NeedMore(n) if n > MAX_SNIFF => {
+                        return Ok((
+                            reader,
+                            Sniff::Fallback(format!(
+                                "the container header is larger than {} MiB",
+                                MAX_SNIFF >> 20
+                            )),
+                        ));
+                    }
+                    Sniff::NeedMore(n) if n > head.len() as u64 => want = n.max(want * 2),
+                    Sniff::NeedMore(_) => {
+                        return Ok((
+                            reader,
+                            Sniff::Fallback("the file ends in its header".into()),
+                        ));
+                    }
+                    other => return Ok((reader, other)),
+                }
+            }
+        })
+        .await
+        .map_err(|e| Outcome::Failed(JobError::retry(format!("sniffing thread: {e}"))))?;
+        done.map_err(|e: std::io::Error| self.stopped(&monitor, e.to_string()))
+    }
+
+    /// What a stopped reader means for the job.
+    fn stopped(&self, monitor: &Monitor, fallback: String) -> Outcome {
+        match monitor.stop() {
+            Some(Stop::Gone) => Outcome::Gone,
+            Some(Stop::Cancelled) => Outcome::Failed(JobError::retry("cancelled")),
+            Some(stop @ Stop::Yield) => Outcome::Defer(
+                format!("{stop}; it starts again when a worker is free"),
+                Defer::For(Duration::ZERO),
+            ),
+            Some(stop @ Stop::Stalled(d)) => Outcome::Defer(stop.to_string(), Defer::For(d)),
+            Some(stop @ Stop::TooLong(_)) => Outcome::Defer(
+                format!("{stop}; it is transcoded once complete"),
+                Defer::UntilPromoted,
+            ),
+            Some(Stop::Io(e)) => {
+                Outcome::Failed(JobError::retry(format!("reading the source: {e}")))
+            }
+            None => Outcome::Failed(JobError::retry(fallback)),
+        }
+    }
+
+    async fn attempt(
         &self,
         id: &str,
-        source_key: &str,
-        cancel: &CancellationToken,
-    ) -> Result<(), JobError> {
-        let key = Key::new(source_key)
-            .map_err(|e| JobError::permanent(format!("bad source key: {e}")))?;
-        let (path, _temp) = self.fetch(&key).await?;
+        key: &Key,
+        extent: Extent,
+        ctx: &Context,
+        detail: &mut Detail,
+        allow_remux: bool,
+    ) -> Result<(), Outcome> {
+        let complete_at_start = extent.complete;
+        let work = ctx.cancel.child_token();
+        let reader = Reader::open(
+            self.store.clone(),
+            key.clone(),
+            extent,
+            (!complete_at_start).then(|| self.growing.clone()),
+            Some(self.db.clone()),
+            self.policy(),
+            work.clone(),
+            Some(ctx.clone()),
+        );
+        let monitor = reader.monitor();
+        let (reader, seekable, hint) = if complete_at_start {
+            if detail.streaming.is_none() {
+                detail.streaming = Some(false);
+                detail.reason = Some("the upload was complete when a worker took it".into());
+            }
+            (reader, true, "source")
+        } else {
+            match self.sniff(reader).await? {
+                (reader, Sniff::Stream { kind, .. }) => {
+                    detail.streaming = Some(true);
+                    detail.reason = None;
+                    tracing::info!(moment = %id, container = kind.describe(), "transcoding while the upload arrives");
+                    (reader, kind.seek_while_arriving(), kind.hint())
+                }
+                (reader, Sniff::Fallback(reason)) => {
+                    detail.streaming = Some(false);
+                    detail.reason = Some(reason.clone());
+                    if !monitor.complete() {
+                        tracing::info!(moment = %id, %reason, "cannot transcode while it arrives; waiting for the last byte");
+                        self.detail(id, 0.0, detail).await;
+                        return Err(Outcome::Defer(reason, Defer::UntilPromoted));
+                    }
+                    (reader, true, "source")
+                }
+                (_, Sniff::NeedMore(_)) => {
+                    return Err(Outcome::Failed(JobError::retry("sniffing ended early")));
+                }
+            }
+        };
+        self.detail(id, 0.0, detail).await;
+
         let started = Instant::now();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(32);
-        let settings = self.settings();
-        let work = cancel.child_token();
+        let settings = self.settings(allow_remux);
         let work2 = work.clone();
+        let input = Input {
+            reader,
+            seekable,
+            hint,
+        };
         let handle =
-            tokio::task::spawn_blocking(move || media::transcode(&path, &settings, tx, &work2));
+            tokio::task::spawn_blocking(move || media::transcode(input, &settings, tx, &work2));
 
         let mut publisher = Publisher::new(self.store.clone(), id);
         let mut thumbs: Vec<Thumb> = Vec::new();
-        let mut poster: Option<image::RgbImage> = None;
         let mut last_progress = Instant::now() - Duration::from_secs(10);
         let mut publish_error: Option<String> = None;
         while let Some(ev) = rx.recv().await {
@@ -139,24 +322,33 @@ impl Transcoder {
                     publisher.rung_failed(&rung, &reason);
                     Ok(())
                 }
-                Event::Poster(img) => {
-                    poster = Some(img);
-                    Ok(())
-                }
+                Event::Poster(img) => match publisher.poster(&img).await {
+                    Ok(()) => {
+                        detail.poster_key = publisher.poster_key().map(str::to_string);
+                        self.detail(id, 0.0, detail).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
                 Event::Thumb(t) => {
                     thumbs.push(t);
                     Ok(())
                 }
-                Event::Progress { done, total } => {
-                    if total > 0.0 && last_progress.elapsed() >= Duration::from_millis(900) {
+                Event::Progress {
+                    done,
+                    total,
+                    received,
+                } => {
+                    if last_progress.elapsed() >= Duration::from_millis(900) {
                         last_progress = Instant::now();
-                        let _ = moment::set_progress(
-                            &self.db,
-                            id,
-                            (done / total).min(0.99),
-                            &Default::default(),
-                        )
-                        .await;
+                        detail.encoded_s = Some((done * 10.0).round() / 10.0);
+                        detail.received_s = received.map(|r| (r * 10.0).round() / 10.0);
+                        let p = if total > 0.0 {
+                            (done / total).min(0.99)
+                        } else {
+                            0.0
+                        };
+                        self.detail(id, p, detail).await;
                     }
                     Ok(())
                 }
@@ -172,20 +364,33 @@ impl Transcoder {
             .await
             .map_err(|e| JobError::retry(format!("transcoder thread: {e}")))?;
         if let Some(e) = publish_error {
-            return Err(JobError::retry(e));
+            return Err(JobError::retry(e).into());
         }
         let summary = match result {
             Ok(s) => s,
-            Err(media::Error::Invalid(msg)) => return Err(JobError::permanent(msg)),
-            Err(media::Error::Cancelled) => return Err(JobError::retry("cancelled")),
-            Err(e) => return Err(JobError::retry(e.to_string())),
+            Err(e) => {
+                // the reader's stop explains a failed read
+                if let Some(stop) = monitor.stop()
+                    && stop != Stop::Cancelled
+                {
+                    return Err(self.stopped(&monitor, e.to_string()));
+                }
+                return Err(match e {
+                    media::Error::RemuxRefused => Outcome::RemuxRefused,
+                    media::Error::Cancelled => Outcome::Failed(JobError::retry("cancelled")),
+                    // Unreadable while bytes are still arriving: wait for the last byte and let
+                    // the after-upload path decide, so bad input fails the same way on both.
+                    _ if !monitor.complete() => Outcome::Defer(
+                        format!(
+                            "could not be read while arriving ({e}); trying again once complete"
+                        ),
+                        Defer::UntilPromoted,
+                    ),
+                    media::Error::Invalid(msg) => Outcome::Failed(JobError::permanent(msg)),
+                    other => Outcome::Failed(JobError::retry(other.to_string())),
+                });
+            }
         };
-        if let Some(img) = &poster {
-            publisher
-                .poster(img)
-                .await
-                .map_err(|e| JobError::retry(e.to_string()))?;
-        }
         publisher
             .thumbnails(&thumbs, summary.decoded_seconds)
             .await
@@ -198,13 +403,27 @@ impl Transcoder {
         })?;
         let elapsed = started.elapsed().as_secs_f64();
         let speed = summary.decoded_seconds / elapsed.max(1e-3);
+        let streamed = !complete_at_start;
         if let Some(m) = &self.metrics {
-            m.speed.observe(speed);
+            if !streamed {
+                m.speed.observe(speed);
+            }
+            m.paths
+                .get_or_create(&PathLabels {
+                    path: if streamed {
+                        "streaming"
+                    } else {
+                        "after_upload"
+                    }
+                    .into(),
+                })
+                .inc();
         }
-        let mut record =
-            serde_json::to_value(&published).map_err(|e| JobError::retry(e.to_string()))?;
+        let mut record = serde_json::to_value(&published)
+            .map_err(|e| Outcome::Failed(JobError::retry(e.to_string())))?;
         record["duration"] = serde_json::json!(summary.decoded_seconds);
         record["remuxed"] = serde_json::json!(summary.remuxed.iter().collect::<Vec<_>>());
+        record["streamed"] = serde_json::json!(streamed);
         record["source"] = serde_json::json!({
             "format": summary.probe.format,
             "codec": summary.probe.codec,
@@ -213,6 +432,9 @@ impl Transcoder {
             "fps": summary.probe.fps,
             "has_audio": summary.probe.has_audio,
         });
+        detail.encoded_s = Some((summary.decoded_seconds * 10.0).round() / 10.0);
+        detail.received_s = detail.encoded_s;
+        self.detail(id, 0.99, detail).await;
         moment::set_ready(&self.db, id, &record)
             .await
             .map_err(|e| JobError::retry(e.to_string()))?;
@@ -221,7 +443,7 @@ impl Transcoder {
             rungs = published.renditions.len(),
             seconds = summary.decoded_seconds,
             wall = elapsed,
-            speed,
+            streamed,
             "moment ready"
         );
         Ok(())
@@ -242,10 +464,14 @@ impl Handler for Transcoder {
         let Some(id) = job.payload["moment"].as_str() else {
             return Err(JobError::permanent("job payload names no moment"));
         };
-        let m = moment::get(&self.db, id)
+        let Some(m) = moment::get(&self.db, id)
             .await
             .map_err(|e| JobError::retry(e.to_string()))?
-            .ok_or_else(|| JobError::permanent("the moment no longer exists"))?;
+        else {
+            // withdrawn with its upload (terminated or expired): nothing to make
+            self.unpublish(id).await;
+            return Ok(());
+        };
         if m.state.is_final() {
             // Published (or given up) already: finishing twice publishes once.
             return Ok(());
@@ -253,16 +479,74 @@ impl Handler for Transcoder {
         let Some(source) = m.source_key.clone() else {
             return Err(JobError::permanent("the moment has no uploaded source"));
         };
-        moment::set_state(&self.db, id, State::Transcoding, None)
-            .await
-            .map_err(|e| JobError::retry(e.to_string()))?;
-        let r = self.transcode(id, &source, &ctx.cancel).await;
-        if let Err(e) = &r
-            && e.retryable
-        {
-            let _ = moment::set_state(&self.db, id, State::Queued, None).await;
+        let key =
+            Key::new(source).map_err(|e| JobError::permanent(format!("bad source key: {e}")))?;
+        let mut detail = m.detail.clone();
+        let mut allow_remux = true;
+        loop {
+            let Some(extent) = self.extent(&m, &key).await? else {
+                self.unpublish(id).await;
+                return Ok(());
+            };
+            if extent.complete {
+                moment::set_state(&self.db, id, State::Transcoding, None)
+                    .await
+                    .map_err(|e| JobError::retry(e.to_string()))?;
+            } else if !self.config.streaming {
+                detail.streaming = Some(false);
+                detail.reason = Some("this worker transcodes only complete uploads".into());
+                self.detail(id, 0.0, &detail).await;
+                return Err(JobError::defer(
+                    "waiting for the last byte",
+                    Defer::UntilPromoted,
+                ));
+            } else if extent.updated_ms > 0
+                && now_ms() - extent.updated_ms > (self.config.stream_idle_secs as i64) * 1000
+            {
+                // still stalled since the last attempt gave up: do not start over for nothing
+                let idle = Duration::from_secs(self.config.stream_idle_secs.max(1));
+                return Err(JobError::defer(
+                    "the upload is still stalled",
+                    Defer::For(idle),
+                ));
+            }
+            let outcome = self
+                .attempt(id, &key, extent, ctx, &mut detail, allow_remux)
+                .await;
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(Outcome::RemuxRefused) if allow_remux => {
+                    tracing::info!(moment = %id, "the source has an open GOP; transcoding again without the remux");
+                    self.unpublish(id).await;
+                    detail.poster_key = None;
+                    allow_remux = false;
+                }
+                Err(Outcome::Gone) => {
+                    tracing::info!(moment = %id, "the upload was abandoned; stopping and removing what was published");
+                    self.unpublish(id).await;
+                    return Ok(());
+                }
+                Err(Outcome::Defer(reason, defer)) => {
+                    if detail.streaming == Some(true) {
+                        detail.reason = Some(reason.clone());
+                    }
+                    self.detail(id, 0.0, &detail).await;
+                    return Err(JobError::defer(reason, defer));
+                }
+                Err(Outcome::RemuxRefused) => {
+                    return Err(JobError::retry(media::Error::RemuxRefused.to_string()));
+                }
+                Err(Outcome::Failed(e)) => {
+                    if e.retryable
+                        && let Ok(Some(now)) = moment::get(&self.db, id).await
+                        && now.state == State::Transcoding
+                    {
+                        let _ = moment::set_state(&self.db, id, State::Queued, None).await;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        r
     }
 
     async fn dead(&self, job: &Job, error: &str) {

@@ -1,17 +1,22 @@
 //! Transcode: the `transcode` job kind on the shared durable queue and the worker that turns an
 //! uploaded source into the H.264/AAC ladder, handing encoded samples to the packager.
 //!
-//! Position in the data flow: ingest (enqueues) → **transcode** → packager (publishes). The
-//! ladder policy and rotation are plain functions ([`ladder`], [`rotate`]); every ffmpeg-next
-//! call is in [`media`] (and the two raw fields it needs in `ffi`). It must never serve
-//! HTTP itself beyond the moment status routes in [`api`].
+//! Position in the data flow: ingest (enqueues) → **transcode** → packager (publishes). A job
+//! may start while its upload is still arriving: its input is a byte stream over the upload's
+//! durable extent ([`source`]), and the container's first bytes decide whether it can be read
+//! that way ([`container`]). The ladder policy, rotation and container sniffing are plain
+//! functions ([`ladder`], [`rotate`], [`container`]); every ffmpeg-next call is in [`media`]
+//! (and the few raw fields it needs in `ffi`). It must never serve HTTP itself beyond the
+//! moment status routes in [`api`].
 
 pub mod api;
+pub mod container;
 mod ffi;
 pub mod job;
 pub mod ladder;
 pub mod media;
 pub mod rotate;
+pub mod source;
 
 use serde::Deserialize;
 
@@ -33,8 +38,15 @@ pub struct Config {
     pub max_dimension: u32,
     /// Longest a single transcode attempt may run (seconds).
     pub job_time_limit_secs: u64,
-    /// Where sources fetched from remote storage are staged (default: the system temp dir).
-    pub work_dir: Option<std::path::PathBuf>,
+    /// Start on uploads while they arrive, when a worker has nothing else to do
+    /// (`MOMENTS_TRANSCODE_STREAMING`).
+    pub streaming: bool,
+    /// A streaming transcode whose upload brings no new bytes for this long gives its worker
+    /// back and waits (seconds).
+    pub stream_idle_secs: u64,
+    /// A streaming transcode gives its worker back when a job of a finished upload has waited
+    /// this long for one (seconds).
+    pub stream_yield_secs: u64,
     /// The ladder.
     pub rungs: Vec<ladder::RungSpec>,
 }
@@ -49,7 +61,9 @@ impl Default for Config {
             min_duration_secs: 0.5,
             max_dimension: 8192,
             job_time_limit_secs: 1800,
-            work_dir: None,
+            streaming: true,
+            stream_idle_secs: 20,
+            stream_yield_secs: 2,
             rungs: ladder::default_rungs(),
         }
     }

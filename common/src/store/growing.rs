@@ -31,6 +31,8 @@ pub struct Extent {
     pub complete: bool,
     /// The durable bytes, in order, back to back.
     pub pieces: Vec<Piece>,
+    /// When the durable extent last grew (ms since the epoch; 0 when unknown).
+    pub updated_ms: i64,
 }
 
 impl Extent {
@@ -45,6 +47,7 @@ impl Extent {
                 offset: 0,
                 size: length,
             }],
+            updated_ms: 0,
         }
     }
 
@@ -67,6 +70,18 @@ pub trait Growing: Send + Sync + 'static {
     /// The extent of the object being written to `key`: `Ok(None)` when no such write is known
     /// (never started, or abandoned and removed).
     async fn extent(&self, key: &Key) -> Result<Option<Extent>, Error>;
+}
+
+/// For a process that sees no uploads in progress (tools and tests that store sources whole):
+/// every source is a finished object.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoneGrowing;
+
+#[async_trait]
+impl Growing for NoneGrowing {
+    async fn extent(&self, _key: &Key) -> Result<Option<Extent>, Error> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +107,7 @@ mod tests {
                     size: 10,
                 },
             ],
+            updated_ms: 0,
         };
         assert_eq!(e.piece_at(0).map(|p| p.key.as_str()), Some("a"));
         assert_eq!(e.piece_at(19).map(|p| p.key.as_str()), Some("a"));

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-pub use growing::{Extent, Growing, Piece};
+pub use growing::{Extent, Growing, NoneGrowing, Piece};
 pub use local::Local;
 pub use s3::S3;
 

@@ -72,6 +72,7 @@ pub async fn env_with(store: Option<Store>, config: transcode::Config) -> Env {
     let handler = transcode::job::Transcoder::new(
         db.clone(),
         store.clone(),
+        Arc::new(common::store::NoneGrowing),
         config,
         packager::Config::default(),
         None,

@@ -1,0 +1,105 @@
+//! The decoded picture's path: timestamps, the keyframe schedule (a keyframe at every segment
+//! boundary), the poster (the first decoded frame, sent at once so it can be published while
+//! the upload is still arriving) and thumbnails, progress, and the hand-over to the top rung.
+
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+
+use ff::Rational;
+use ffmpeg_next as ff;
+use packager::publish::Thumb;
+
+use super::probe::human_duration;
+use super::stills::Stills;
+use super::{Arrival, Error, Event, EventSink, MAX_FPS, Msg, Settings, TIMESCALE, rational_f64};
+
+pub(super) struct DecodeState {
+    pub(super) vtb: Rational,
+    pub(super) vstart: i64,
+    pub(super) last_t: f64,
+    pub(super) next_key: f64,
+    pub(super) frames: u64,
+    pub(super) decoded_seconds: f64,
+    pub(super) next_thumb: f64,
+    pub(super) thumb_interval: f64,
+    pub(super) poster_sent: bool,
+    pub(super) stills: Stills,
+    pub(super) last_progress: Instant,
+    pub(super) settings: Settings,
+    pub(super) duration: f64,
+    pub(super) frame_step: f64,
+    pub(super) arrival: Arrival,
+}
+
+impl DecodeState {
+    pub(super) fn drain_video(
+        &mut self,
+        dec: &mut ff::decoder::Video,
+        top: &SyncSender<Msg>,
+        sink: &EventSink,
+    ) -> Result<(), Error> {
+        loop {
+            let mut frame = ff::frame::Video::empty();
+            if dec.receive_frame(&mut frame).is_err() {
+                return Ok(());
+            }
+            let t = match frame.timestamp() {
+                Some(ts) => (ts - self.vstart) as f64 * rational_f64(self.vtb),
+                None => {
+                    if self.last_t.is_finite() {
+                        self.last_t + self.frame_step
+                    } else {
+                        0.0
+                    }
+                }
+            };
+            // Drop frames that go backwards and, above 60 fps, frames closer than 1/60 s.
+            if self.last_t.is_finite() && t < self.last_t + 0.5 / MAX_FPS {
+                continue;
+            }
+            if t > self.settings.limits.max_duration + 1.0 {
+                return Err(Error::Invalid(format!(
+                    "the video is longer than the {} limit",
+                    human_duration(self.settings.limits.max_duration)
+                )));
+            }
+            let t = t.max(0.0);
+            self.last_t = t;
+            self.decoded_seconds = t;
+            let half = self.frame_step / 2.0;
+            let key = self.frames == 0 || t + half >= self.next_key;
+            if key {
+                while self.next_key <= t + half {
+                    self.next_key += self.settings.segment_seconds;
+                }
+            }
+            self.frames += 1;
+
+            // the poster: the first picture there is, so it can be shown (and the voice Q&A
+            // prepared) while the rest of the moment is still arriving
+            if !self.poster_sent
+                && let Some(rgb) = self.stills.poster(&frame)
+            {
+                self.poster_sent = true;
+                sink.send(Event::Poster(rgb))?;
+            }
+            if t + half >= self.next_thumb {
+                self.next_thumb += self.thumb_interval;
+                if let Some(image) = self.stills.thumb(&frame) {
+                    sink.send(Event::Thumb(Thumb { time: t, image }))?;
+                }
+            }
+            if self.last_progress.elapsed().as_millis() >= 500 {
+                self.last_progress = Instant::now();
+                sink.send(Event::Progress {
+                    done: t,
+                    total: self.duration,
+                    received: self.arrival.seconds(self.duration),
+                })?;
+            }
+            let pts = (t * f64::from(TIMESCALE)).round() as i64;
+            top.send(Msg::Frame { frame, pts, key })
+                .map_err(|_| Error::Internal("the top rung stopped".into()))?;
+        }
+    }
+}
