@@ -77,8 +77,11 @@ pub struct Options {
     pub token: String,
     /// How to trust the server over TLS (HTTP/3).
     pub trust: Option<Trust>,
-    /// Chunk size in bytes.
-    pub chunk_size: usize,
+    /// How big each PATCH is.
+    pub chunking: Chunking,
+    /// Send no faster than this many bits per second (a phone's link, for benchmarks and
+    /// for sharing a link); `None`: as fast as the network allows.
+    pub rate: Option<u64>,
     /// The resume state file.
     pub state_file: PathBuf,
     /// Consecutive failures before giving up.
@@ -87,6 +90,46 @@ pub struct Options {
     pub progress: bool,
     /// QUIC congestion controller (the client sends the bytes).
     pub congestion: common::server::h3::Congestion,
+}
+
+/// How big each PATCH request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Always this many bytes.
+    Fixed(usize),
+    /// Sized to take about half a second each at the rate seen so far (or the pacing rate),
+    /// between 256 KiB and 16 MiB: each chunk is durable when it lands, so a transcode reading
+    /// the upload as it arrives is never far behind the network, and a fast link still sends
+    /// big requests.
+    Auto,
+}
+
+/// Smallest and largest automatic chunk, and how long one should take.
+const AUTO_MIN: usize = 256 * 1024;
+const AUTO_MAX: usize = 16 << 20;
+const AUTO_TARGET: Duration = Duration::from_millis(500);
+
+impl Chunking {
+    /// The size of the next chunk, after the last one (`last` bytes) took `took` (`None`
+    /// before the first). Pure.
+    pub fn next(self, last: Option<(usize, Duration)>, rate: Option<u64>) -> usize {
+        match self {
+            Chunking::Fixed(n) => n.max(1),
+            Chunking::Auto => {
+                let target = AUTO_TARGET.as_secs_f64();
+                let want = if let Some(bps) = rate {
+                    bps as f64 / 8.0 * target
+                } else if let Some((n, took)) = last {
+                    let seen = n as f64 / took.as_secs_f64().max(1e-3);
+                    // grow at most 4× per chunk, so one fast burst does not make a huge chunk
+                    (seen * target).min(n as f64 * 4.0)
+                } else {
+                    AUTO_MIN as f64
+                };
+                (want as usize).clamp(AUTO_MIN, AUTO_MAX)
+            }
+        }
+    }
 }
 
 /// A response.
@@ -406,6 +449,13 @@ pub struct Uploaded {
     pub resumed: bool,
     /// File size.
     pub size: u64,
+    /// When sending began (ms since the epoch).
+    pub started_ms: i64,
+    /// When the last chunk was handed to the network (ms since the epoch): with pacing, when
+    /// a link of that rate would have delivered the last byte.
+    pub last_chunk_ms: i64,
+    /// When the server acknowledged the last byte (ms since the epoch).
+    pub done_ms: i64,
 }
 
 fn path_of(url: &str) -> String {
@@ -541,19 +591,36 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
     );
     pb.set_position(offset);
     let mut f = std::fs::File::open(file).map_err(ferr)?;
-    let mut buf = vec![0u8; opts.chunk_size.max(1)];
     let path = path_of(&url);
     failures = 0;
+    let started = std::time::Instant::now();
+    let started_ms = common::ids::now_ms();
+    let paced_from = offset;
+    let mut last: Option<(usize, Duration)> = None;
+    let mut last_chunk_ms = started_ms;
     while offset < size {
-        let n = (size - offset).min(buf.len() as u64) as usize;
+        let n = (size - offset).min(opts.chunking.next(last, opts.rate) as u64) as usize;
+        let mut buf = vec![0u8; n];
         f.seek(SeekFrom::Start(offset)).map_err(ferr)?;
-        f.read_exact(&mut buf[..n]).map_err(ferr)?;
-        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        f.read_exact(&mut buf).map_err(ferr)?;
+        let chunk = Bytes::from(buf);
         let digest = B64.encode(Sha256::digest(&chunk));
         let mut headers = base.to_vec();
         headers.push(("upload-offset", offset.to_string()));
         headers.push(("content-type", tus::OFFSET_OCTET_STREAM.to_string()));
         headers.push(("upload-checksum", format!("sha256 {digest}")));
+        if let Some(bps) = opts.rate.filter(|r| *r > 0) {
+            // send each chunk when a link of this rate would have delivered its last byte
+            let due =
+                Duration::from_secs_f64((offset + n as u64 - paced_from) as f64 * 8.0 / bps as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let sent = std::time::Instant::now();
+        if offset + n as u64 == size {
+            last_chunk_ms = common::ids::now_ms();
+        }
         match t.send(Method::PATCH, &path, &headers, chunk).await {
             Ok(r) if r.status == StatusCode::NO_CONTENT => {
                 offset = r
@@ -563,6 +630,7 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
                 if let Some(m) = r.header("moment-id") {
                     moment = Some(m.to_string());
                 }
+                last = Some((n, sent.elapsed()));
                 pb.set_position(offset);
                 failures = 0;
                 continue;
@@ -627,6 +695,9 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
         resumed_from,
         resumed,
         size,
+        started_ms,
+        last_chunk_ms,
+        done_ms: common::ids::now_ms(),
     })
 }
 
@@ -709,6 +780,37 @@ mod tests {
         assert_eq!(filetype(Path::new("clip.mov")), Some("video/quicktime"));
         assert_eq!(filetype(Path::new("notes.txt")), None);
         assert_eq!(filetype(Path::new("noext")), None);
+    }
+
+    #[test]
+    fn automatic_chunks_take_about_half_a_second() {
+        let auto = Chunking::Auto;
+        assert_eq!(
+            auto.next(None, None),
+            AUTO_MIN,
+            "start small: the header lands early"
+        );
+        // 10 Mbit/s pacing: 625 kB chunks
+        assert_eq!(auto.next(None, Some(10_000_000)), 625_000);
+        // 1 MiB took 0.1 s (10 MiB/s): grow, but at most 4× at once
+        let n = auto.next(Some((1 << 20, Duration::from_millis(100))), None);
+        assert_eq!(n, 4 << 20);
+        // 1 MiB took 1 s: half a MiB next
+        assert_eq!(
+            auto.next(Some((1 << 20, Duration::from_secs(1))), None),
+            512 * 1024
+        );
+        // bounded on both sides
+        assert_eq!(
+            auto.next(Some((AUTO_MAX, Duration::from_millis(1))), None),
+            AUTO_MAX
+        );
+        assert_eq!(
+            auto.next(Some((AUTO_MIN, Duration::from_secs(60))), None),
+            AUTO_MIN
+        );
+        assert_eq!(Chunking::Fixed(4 << 20).next(None, Some(1)), 4 << 20);
+        assert_eq!(Chunking::Fixed(0).next(None, None), 1);
     }
 
     #[test]

@@ -84,9 +84,17 @@ pub struct UploadArgs {
     /// Trust server certificates issued by the CAs in this PEM file instead.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
-    /// Chunk size: bytes, or with KiB/MiB.
-    #[arg(long, default_value = "4MiB")]
+    /// Chunk size: `auto` (about half a second of sending each, 256 KiB to 16 MiB), or bytes,
+    /// or with KiB/MiB.
+    #[arg(long, default_value = "auto")]
     pub chunk_size: String,
+    /// Send no faster than this: bits per second, or with kbit/Mbit (`10Mbit`). For
+    /// benchmarks, and for sharing a link.
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Write the upload's timings (and, with --wait, when the moment was ready) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Wait until the moment is ready and print its master playlist URL.
     #[arg(long)]
     pub wait: bool,
@@ -215,6 +223,35 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(n * mult)
 }
 
+/// Parses `auto` or a size (see [`parse_size`]).
+pub fn parse_chunking(s: &str) -> Result<ingest::client::Chunking, String> {
+    if s.trim() == "auto" {
+        Ok(ingest::client::Chunking::Auto)
+    } else {
+        parse_size(s).map(ingest::client::Chunking::Fixed)
+    }
+}
+
+/// Parses a rate in bits per second: `800000`, `800kbit`, `10Mbit` (also `Mbit/s`, `Mbps`).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s").trim_end_matches("ps");
+    let (num, mult) = if let Some(n) = t.strip_suffix("Mbit").or_else(|| t.strip_suffix("Mb")) {
+        (n, 1_000_000.0)
+    } else if let Some(n) = t.strip_suffix("kbit").or_else(|| t.strip_suffix("kb")) {
+        (n, 1_000.0)
+    } else {
+        (t.strip_suffix("bit").unwrap_or(t), 1.0)
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid rate {s:?} (use e.g. 10Mbit, 800kbit or bits per second)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err("the rate must be above zero".into());
+    }
+    Ok((n * mult) as u64)
+}
+
 pub(crate) fn local_addr(addr: std::net::SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
@@ -274,13 +311,44 @@ async fn upload(config: &Config, args: &UploadArgs) -> anyhow::Result<()> {
         protocol,
         token,
         trust,
-        chunk_size: parse_size(&args.chunk_size).map_err(anyhow::Error::msg)?,
-        state_file,
+        chunking: parse_chunking(&args.chunk_size).map_err(anyhow::Error::msg)?,
+        rate: args
+            .rate
+            .as_deref()
+            .map(parse_rate)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        state_file: state_file.clone(),
         max_retries: args.retries,
         progress: !args.quiet,
         congestion: config.quic.congestion,
     };
-    let done = ingest::client::upload(&args.file, &opts).await?;
+    // An MP4 with its index at the end cannot be transcoded while it uploads: send a
+    // fast-start copy instead, made once beside the resume state (named by the original's
+    // fingerprint, so a re-run reuses it and resumes its upload).
+    let mut file = args.file.clone();
+    if transcode::container::needs_faststart(&file) {
+        let cache = state_file
+            .parent()
+            .map(|d| d.join("faststart"))
+            .unwrap_or_else(|| PathBuf::from("faststart"));
+        std::fs::create_dir_all(&cache)
+            .with_context(|| format!("cannot create {}", cache.display()))?;
+        let fp = ingest::client::fingerprint(&file, "faststart")
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let copy = cache.join(format!("{fp}.mp4"));
+        if !copy.is_file() {
+            if !args.quiet {
+                eprintln!(
+                    "moving the MP4's index (moov) to the front so it can be transcoded while it uploads"
+                );
+            }
+            transcode::container::faststart(&file, &copy)
+                .with_context(|| format!("cannot make a fast-start copy of {}", file.display()))?;
+        }
+        file = copy;
+    }
+    let done = ingest::client::upload(&file, &opts).await?;
     if done.resumed {
         eprintln!(
             "resumed {} at byte {} of {}",
@@ -288,9 +356,50 @@ async fn upload(config: &Config, args: &UploadArgs) -> anyhow::Result<()> {
         );
     }
     println!("moment {}", done.moment);
+    let mut report = serde_json::json!({
+        "moment": done.moment,
+        "size": done.size,
+        "resumed_from": done.resumed_from,
+        "started_ms": done.started_ms,
+        "last_chunk_ms": done.last_chunk_ms,
+        "done_ms": done.done_ms,
+        "faststart": file != args.file,
+    });
     if args.wait {
         let url = ingest::client::wait_ready(&done.moment, &opts).await?;
+        report["ready_ms"] = serde_json::json!(common::ids::now_ms());
+        report["master_url"] = serde_json::json!(url);
         println!("master {url}");
     }
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_rates_and_chunking_parse_or_say_why_not() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert!(parse_size("0").is_err() && parse_size("lots").is_err());
+        assert_eq!(parse_chunking("auto"), Ok(ingest::client::Chunking::Auto));
+        assert_eq!(
+            parse_chunking("1MiB"),
+            Ok(ingest::client::Chunking::Fixed(1 << 20))
+        );
+        assert_eq!(parse_rate("10Mbit"), Ok(10_000_000));
+        assert_eq!(parse_rate("10Mbit/s"), Ok(10_000_000));
+        assert_eq!(parse_rate("2.5Mbps"), Ok(2_500_000));
+        assert_eq!(parse_rate("800kbit"), Ok(800_000));
+        assert_eq!(parse_rate("64000"), Ok(64_000));
+        for bad in ["", "fast", "-1Mbit", "0", "NaNMbit"] {
+            let e = parse_rate(bad).unwrap_err();
+            assert!(e.contains("rate"), "{bad}: {e}");
+        }
+    }
 }

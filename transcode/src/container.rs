@@ -445,6 +445,23 @@ fn shift_in(
     Ok(())
 }
 
+/// Whether the file at `path` is an MP4 with its movie header at the end, which [`faststart`]
+/// can make streamable. Anything else (another container, a malformed file) is false: it is
+/// uploaded as it is and the server judges it.
+pub fn needs_faststart(path: &Path) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(length) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut head = [0u8; 8];
+    if f.read_exact(&mut head).is_err() || !is_mp4_box(&head[4..8]) {
+        return false;
+    }
+    top_level_boxes(&mut f, length).is_ok_and(|b| moov_at_end(&b))
+}
+
 /// Largest movie header [`faststart`] will move (it is read into memory).
 const MAX_MOOV: u64 = 256 << 20;
 
