@@ -5,7 +5,10 @@
 //! audio sample rate), in the order the encoders produce them. A segment is cut at the first
 //! keyframe at or after `start + target` (the transcoder forces keyframes exactly there, so cuts
 //! are exact), and handed out once the audio covering it has arrived. Every segment therefore
-//! starts with a keyframe and carries the audio of the same time span.
+//! starts with a keyframe and carries the audio of the same time span. Audio is placed by its
+//! time alone, never by when it arrived: audio that runs ahead of the video (the video
+//! encoder's latency) past the point where the open segment may end waits until that cut is
+//! known, so the same stream is segmented the same way however the threads were scheduled.
 
 use std::collections::VecDeque;
 
@@ -48,6 +51,9 @@ pub struct Segmenter {
     last: Option<(Sample, i64)>,
     max_pts_end: i64,
     pending: VecDeque<Pending>,
+    /// Audio (with its time in video ticks) past the point where the open segment may be cut,
+    /// waiting for the cut.
+    loose: VecDeque<(i64, Sample)>,
     audio_end: i64,
     next_index: u32,
     started: bool,
@@ -73,6 +79,7 @@ impl Segmenter {
             last: None,
             max_pts_end: 0,
             pending: VecDeque::new(),
+            loose: VecDeque::new(),
             audio_end: 0,
             next_index: 0,
             started: false,
@@ -142,9 +149,30 @@ impl Segmenter {
                 video: Vec::new(),
                 audio: Vec::new(),
             });
+            self.place_loose();
         }
         if let Some(open) = self.pending.back_mut() {
             open.video.push(sample);
+        }
+    }
+
+    /// Where audio at `at` (video ticks) goes: a segment whose span holds it, or `None` when it
+    /// lies past where the open segment may be cut (it waits), or past every segment.
+    fn audio_slot(&self, at: i64) -> Option<usize> {
+        let earliest_cut = self.target_ticks - self.tolerance;
+        self.pending.iter().position(|p| match p.end_pts {
+            Some(end) => at < end,
+            None => at < p.start_pts + earliest_cut,
+        })
+    }
+
+    /// Places waiting audio that the latest cut has decided.
+    fn place_loose(&mut self) {
+        while let Some((at, _)) = self.loose.front() {
+            let Some(i) = self.audio_slot(*at) else { break };
+            if let Some((_, sample)) = self.loose.pop_front() {
+                self.pending[i].audio.push(sample);
+            }
         }
     }
 
@@ -166,23 +194,22 @@ impl Segmenter {
         let at = (i128::from(sample.dts) * i128::from(vts) / i128::from(rate)) as i64;
         self.audio_end = ((i128::from(sample.dts + i64::from(duration)) * i128::from(vts))
             / i128::from(rate)) as i64;
-        let slot = self
-            .pending
-            .iter_mut()
-            .find(|p| p.end_pts.is_none_or(|end| at < end));
-        match slot {
-            Some(p) => p.audio.push(sample),
-            None => {
-                // Audio ahead of every video sample so far: start the first segment's audio.
-                if self.pending.is_empty() {
-                    self.pending.push_back(Pending {
-                        start_pts: 0,
-                        end_pts: None,
-                        video: Vec::new(),
-                        audio: vec![sample],
-                    });
-                }
+        if self.pending.is_empty() {
+            // Audio ahead of every video sample so far: start the first segment's audio.
+            self.pending.push_back(Pending {
+                start_pts: 0,
+                end_pts: None,
+                video: Vec::new(),
+                audio: Vec::new(),
+            });
+        }
+        match self.audio_slot(at) {
+            Some(i) if self.loose.is_empty() => self.pending[i].audio.push(sample),
+            _ if self.pending.back().is_some_and(|p| p.end_pts.is_none()) => {
+                self.loose.push_back((at, sample));
             }
+            // past the end of everything (after finish): dropped, as the video has ended
+            _ => {}
         }
         self.ready(false)
     }
@@ -198,6 +225,10 @@ impl Segmenter {
         {
             open.end_pts = Some(self.max_pts_end.max(open.start_pts));
         }
+        // what still waits belongs to the last segment if it falls in it, else it is past the
+        // end of the video and dropped
+        self.place_loose();
+        self.loose.clear();
         self.ready(true)
     }
 
@@ -267,21 +298,32 @@ mod tests {
     /// Feeds `secs` of 30 fps video with a keyframe every `gop` frames (B-frame-like timing:
     /// dts runs two frames behind pts), interleaved with 48 kHz AAC frames.
     fn run(secs: f64, gop: u32, audio: bool, audio_lag_frames: usize) -> Vec<Segment> {
+        run_with(secs, gop, audio, audio_lag_frames, 0)
+    }
+
+    /// As [`run`], with the video also held back by `video_lag_frames` (an encoder's delay).
+    fn run_with(
+        secs: f64,
+        gop: u32,
+        audio: bool,
+        audio_lag_frames: usize,
+        video_lag_frames: usize,
+    ) -> Vec<Segment> {
         let (v, a) = tracks(audio);
         let mut s = Segmenter::new(v, a, 2.0, 3000);
         let frames = (secs * 30.0) as i64;
         let mut out = Vec::new();
         let mut audio_dts = 0i64;
         let mut queued_audio = VecDeque::new();
+        let mut queued_video = VecDeque::new();
         for f in 0..frames {
             let pts = f * 3000;
             let dts = pts - 6000;
-            out.extend(s.push_video(
-                Bytes::from(vec![1u8; 100]),
-                pts,
-                dts,
-                f % i64::from(gop) == 0,
-            ));
+            queued_video.push_back((pts, dts, f % i64::from(gop) == 0));
+            while queued_video.len() > video_lag_frames {
+                let (p, d, k) = queued_video.pop_front().unwrap();
+                out.extend(s.push_video(Bytes::from(vec![1u8; 100]), p, d, k));
+            }
             while audio && audio_dts * 90_000 / 48_000 <= pts + 3000 {
                 queued_audio.push_back(audio_dts);
                 audio_dts += 1024;
@@ -294,8 +336,32 @@ mod tests {
         while let Some(d) = queued_audio.pop_front() {
             out.extend(s.push_audio(Bytes::from_static(&[0xaa; 20]), d, 1024));
         }
+        while let Some((p, d, k)) = queued_video.pop_front() {
+            out.extend(s.push_video(Bytes::from(vec![1u8; 100]), p, d, k));
+        }
         out.extend(s.finish());
         out
+    }
+
+    #[test]
+    fn audio_lands_by_time_however_far_the_video_lags() {
+        let count = |segs: &[Segment]| -> Vec<usize> {
+            segs.iter()
+                .map(|s| count_audio(&s.fragment.bytes))
+                .collect()
+        };
+        let reference = count(&run_with(7.0, 60, true, 0, 0));
+        assert_eq!(reference.iter().sum::<usize>(), 329, "{reference:?}");
+        for video_lag in [1, 5, 20, 45, 80] {
+            for audio_lag in [0, 3, 40] {
+                let segs = run_with(7.0, 60, true, audio_lag, video_lag);
+                assert_eq!(
+                    count(&segs),
+                    reference,
+                    "video {video_lag} frames late, audio {audio_lag} frames late"
+                );
+            }
+        }
     }
 
     #[test]

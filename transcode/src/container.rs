@@ -43,11 +43,12 @@ impl Kind {
         }
     }
 
-    /// Whether FFmpeg may seek in it while it arrives. Matroska is read front to back: its
-    /// demuxer would otherwise jump to the cues at the end (an index the transcode does not
-    /// need) and wait there for the last byte.
+    /// Whether FFmpeg may seek in it while it arrives. Fragmented MP4 and Matroska are read
+    /// front to back: given a seekable input, FFmpeg would jump to the end (Matroska's cues,
+    /// the last fragment to learn a duration the header does not give) and wait there for the
+    /// last byte. A fast-start MP4 needs seeking: its samples are read where its index says.
     pub fn seek_while_arriving(self) -> bool {
-        !matches!(self, Kind::Matroska)
+        matches!(self, Kind::Mp4)
     }
 }
 
