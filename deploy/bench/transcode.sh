@@ -2,7 +2,7 @@
 # Transcode benchmark: 30 s 1080p30 clips with audio, the whole ladder from upload-complete to
 # ready (our worker: SQLite queue + FFmpeg + packager + local store) against the anchor, one
 # ffmpeg CLI command making the same three fMP4 HLS rungs with the same x264 settings
-# (../shared/bench/ffmpeg-ladder.sh, or $ANCHOR). Two sources:
+# (deploy/bench/ffmpeg-ladder.sh, or $ANCHOR). Two sources:
 #   generic    testsrc2, H.264 CRF 18 (~10 Mbit/s): every rung is re-encoded
 #   compliant  H.264 High 4.5 Mbit/s, 2 s closed GOPs: the 1080p rung is remuxed
 # Runs alternate anchor/ours on the same machine; prints medians of wall time and CPU time,
@@ -12,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 runs=${1:-3}
-anchor=${ANCHOR:-$root/../shared/bench/ffmpeg-ladder.sh}
+anchor=${ANCHOR:-$root/deploy/bench/ffmpeg-ladder.sh}
 [ -x "$anchor" ] || { echo "anchor script not found: $anchor (set ANCHOR=...)" >&2; exit 2; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/moments/target}
 "$root/deploy/install-deps.sh" --bench

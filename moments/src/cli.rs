@@ -1,7 +1,7 @@
 //! Command-line interface: parsing and the small command bodies.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -252,6 +252,31 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
+/// What to upload for `file`: the file itself, or — for an MP4 with its index (`moov`) at the
+/// end, which cannot be transcoded while it uploads — a fast-start copy, made once in
+/// `cache_dir` and named by the original's fingerprint, so a re-run reuses it and resumes its
+/// upload.
+pub(crate) fn streamable(file: &Path, cache_dir: &Path, quiet: bool) -> anyhow::Result<PathBuf> {
+    if !transcode::container::needs_faststart(file) {
+        return Ok(file.to_path_buf());
+    }
+    std::fs::create_dir_all(cache_dir)
+        .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+    let fp = ingest::client::fingerprint(file, "faststart")
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let copy = cache_dir.join(format!("{fp}.mp4"));
+    if !copy.is_file() {
+        if !quiet {
+            eprintln!(
+                "moving the MP4's index (moov) to the front so it can be transcoded while it uploads"
+            );
+        }
+        transcode::container::faststart(file, &copy)
+            .with_context(|| format!("cannot make a fast-start copy of {}", file.display()))?;
+    }
+    Ok(copy)
+}
+
 pub(crate) fn local_addr(addr: std::net::SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
@@ -323,31 +348,11 @@ async fn upload(config: &Config, args: &UploadArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
         congestion: config.quic.congestion,
     };
-    // An MP4 with its index at the end cannot be transcoded while it uploads: send a
-    // fast-start copy instead, made once beside the resume state (named by the original's
-    // fingerprint, so a re-run reuses it and resumes its upload).
-    let mut file = args.file.clone();
-    if transcode::container::needs_faststart(&file) {
-        let cache = state_file
-            .parent()
-            .map(|d| d.join("faststart"))
-            .unwrap_or_else(|| PathBuf::from("faststart"));
-        std::fs::create_dir_all(&cache)
-            .with_context(|| format!("cannot create {}", cache.display()))?;
-        let fp = ingest::client::fingerprint(&file, "faststart")
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let copy = cache.join(format!("{fp}.mp4"));
-        if !copy.is_file() {
-            if !args.quiet {
-                eprintln!(
-                    "moving the MP4's index (moov) to the front so it can be transcoded while it uploads"
-                );
-            }
-            transcode::container::faststart(&file, &copy)
-                .with_context(|| format!("cannot make a fast-start copy of {}", file.display()))?;
-        }
-        file = copy;
-    }
+    let cache = state_file
+        .parent()
+        .map(|d| d.join("faststart"))
+        .unwrap_or_else(|| PathBuf::from("faststart"));
+    let file = streamable(&args.file, &cache, args.quiet)?;
     let done = ingest::client::upload(&file, &opts).await?;
     if done.resumed {
         eprintln!(

@@ -176,7 +176,8 @@ async fn steps(
         progress: !args.quiet,
         congestion,
     };
-    let done = ingest::client::upload(clip, &opts)
+    let upload = crate::cli::streamable(clip, &out_dir.join("faststart"), args.quiet)?;
+    let done = ingest::client::upload(&upload, &opts)
         .await
         .context("the upload failed")?;
     say(&format!(

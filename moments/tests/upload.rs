@@ -71,7 +71,10 @@ async fn upload_is_killed_re_run_resumes_and_waits_for_the_ladder() {
             "-preset",
             "ultrafast",
         ])
+        // fast-start, so the client sends the file as it is (a moov-at-end file would be sent
+        // as a fast-start copy; see the streaming tests)
         .args(["-b:v", "30M", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .args(["-movflags", "+faststart"])
         .arg(&clip)
         .output()
         .unwrap();
