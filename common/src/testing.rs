@@ -162,6 +162,53 @@ pub fn ffmpeg(args: &[&str]) {
     );
 }
 
+/// Runs ffprobe (`-v error -print_format json`, then `extra`) on `target`; its JSON.
+pub fn ffprobe(target: &str, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json"])
+        .args(extra)
+        .arg(target)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+/// Decodes the video of `joined` (an init segment followed by media segments, which start at
+/// the byte offsets `starts`) with ffprobe, asserts that the first frame of every segment is a
+/// keyframe, and returns how many frames there are.
+pub fn assert_segments_start_with_keyframes(joined: &Path, starts: &[usize], what: &str) -> usize {
+    let frames = ffprobe(
+        &joined.to_string_lossy(),
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=key_frame,pts_time,pkt_pos",
+            "-show_frames",
+        ],
+    );
+    let frames = frames["frames"].as_array().cloned().unwrap_or_default();
+    for (i, &start) in starts.iter().enumerate() {
+        let first = frames
+            .iter()
+            .filter_map(|f| Some((f["pkt_pos"].as_str()?.parse::<usize>().ok()?, f)))
+            .filter(|(pos, _)| *pos >= start && starts.get(i + 1).is_none_or(|n| pos < n))
+            .min_by_key(|(pos, _)| *pos)
+            .map(|(_, f)| f)
+            .unwrap_or_else(|| panic!("{what} segment {i} has no frames"));
+        assert_eq!(
+            first["key_frame"], 1,
+            "{what} segment {i} does not start with a keyframe"
+        );
+    }
+    frames.len()
+}
+
 /// A test clip: testsrc2 video (and a sine tone) of `secs` seconds.
 pub fn clip(dir: &Path, name: &str, w: u32, h: u32, secs: f64, fps: u32, audio: bool) -> PathBuf {
     let path = dir.join(name);

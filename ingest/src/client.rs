@@ -712,7 +712,7 @@ pub async fn wait_ready(moment: &str, opts: &Options) -> Result<String, Error> {
     let pb = bar(
         opts.progress,
         1000,
-        "{spinner} {msg:12} [{bar:32}] {percent}%",
+        "{spinner} {msg:28} [{bar:32}] {percent}%",
     );
     let mut failures = 0;
     loop {
@@ -721,7 +721,10 @@ pub async fn wait_ready(moment: &str, opts: &Options) -> Result<String, Error> {
             .follow(&path, &opts.token, |data| {
                 let v: serde_json::Value = serde_json::from_str(data).ok()?;
                 let state = v["state"].as_str().unwrap_or("");
-                pb.set_message(state.to_string());
+                pb.set_message(match v["encoded_s"].as_f64() {
+                    Some(e) if state != "ready" => format!("{state} ({e:.1} s encoded)"),
+                    _ => state.to_string(),
+                });
                 pb.set_position((v["progress"].as_f64().unwrap_or(0.0) * 1000.0) as u64);
                 match state {
                     "ready" => Some(Ok(v["master_url"].as_str().unwrap_or("").to_string())),

@@ -85,7 +85,8 @@ function startUpload(file) {
     },
     onAfterResponse(_req, res) {
       const id = res.getHeader('Moment-Id');
-      if (id) state.moment = id;
+      // watch from the first response: the server transcodes while the upload arrives
+      if (id && state.watching !== id) { state.moment = id; watch(id); }
     },
     onShouldRetry(err, attempt) {
       const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
@@ -109,8 +110,8 @@ function startUpload(file) {
       $('upload-bar').style.width = '100%';
       $('upload-status').textContent = `Uploaded ${file.name} (${fmtBytes(file.size)}).`;
       $('pause').disabled = true; $('resume').disabled = true;
-      if (state.moment) watch(state.moment);
-      else fail('upload-error', 'The upload finished but the server named no moment.');
+      if (!state.moment) fail('upload-error', 'The upload finished but the server named no moment.');
+      else if (state.watching !== state.moment) watch(state.moment);
     },
   });
   state.upload = up;
@@ -122,7 +123,21 @@ function startUpload(file) {
 }
 
 // ---- moment state (Server-Sent Events with a single-use ticket) ----
+function describe(m) {
+  const s = (x) => `${(x || 0).toFixed(1)} s`;
+  if (m.state === 'uploading' && m.streaming === true) {
+    const got = m.received_s != null ? ` of ${s(m.received_s)} received` : '';
+    return `Transcoding while it uploads: ${s(m.encoded_s)} encoded${got}.`;
+  }
+  if (m.streaming === false && m.reason && m.state !== 'ready') return `Transcoding after the last byte: ${m.reason}.`;
+  if (m.state === 'transcoding' && m.encoded_s != null) return `${s(m.encoded_s)} encoded.`;
+  if (m.state === 'ready') return m.streaming ? 'Ready — transcoded while it uploaded.' : 'Ready.';
+  return '';
+}
+
 async function watch(id) {
+  if (state.watching !== id) $('video').removeAttribute('poster');
+  state.watching = id;
   let es;
   try {
     es = new EventSource(`/v1/moments/${id}/events?ticket=${encodeURIComponent(await ticket())}`);
@@ -131,11 +146,14 @@ async function watch(id) {
     return;
   }
   es.addEventListener('moment', (e) => {
+    if (state.watching !== id) { es.close(); return; } // a newer upload is being watched
     const m = JSON.parse(e.data);
     const chip = $('state');
     chip.textContent = m.state === 'transcoding' ? `transcoding ${Math.round(100 * (m.progress || 0))}%` : m.state;
     chip.className = `chip ${m.state}`;
     $('transcode-bar').style.width = `${100 * (m.state === 'ready' ? 1 : m.progress || 0)}%`;
+    $('transcode-status').textContent = describe(m);
+    if (m.poster_url && !$('video').poster) $('video').poster = m.poster_url;
     if (m.state === 'ready') { es.close(); play(m); }
     if (m.state === 'failed') {
       es.close();
@@ -145,7 +163,7 @@ async function watch(id) {
   es.onerror = () => {
     if (es.readyState === EventSource.CLOSED) return;
     es.close();
-    setTimeout(() => watch(id), 2000); // a new ticket each time
+    setTimeout(() => { if (state.watching === id) watch(id); }, 2000); // a new ticket each time
   };
 }
 

@@ -164,38 +164,13 @@ async fn check_published(
         }
 
         // every segment starts with a keyframe, and all frames decode
-        let frames = support::ffprobe(
-            file.to_str().unwrap(),
-            &[
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "frame=key_frame,pts_time,pkt_pos",
-                "-show_frames",
-            ],
-        );
-        let frames = frames["frames"].as_array().unwrap();
+        let frames = common::testing::assert_segments_start_with_keyframes(&file, &starts, e.name);
         let expected_frames = (duration * fps).round() as usize;
         assert!(
-            frames.len().abs_diff(expected_frames) <= 1,
-            "{}: {} frames decoded, expected {expected_frames}",
-            e.name,
-            frames.len()
+            frames.abs_diff(expected_frames) <= 1,
+            "{}: {frames} frames decoded, expected {expected_frames}",
+            e.name
         );
-        for (i, &start) in starts.iter().enumerate() {
-            let first = frames
-                .iter()
-                .filter_map(|f| Some((f["pkt_pos"].as_str()?.parse::<usize>().ok()?, f)))
-                .filter(|(pos, _)| *pos >= start && starts.get(i + 1).is_none_or(|n| pos < n))
-                .min_by_key(|(pos, _)| *pos)
-                .map(|(_, f)| f)
-                .unwrap_or_else(|| panic!("{} segment {i} has no frames", e.name));
-            assert_eq!(
-                first["key_frame"], 1,
-                "{} segment {i} does not start with a keyframe",
-                e.name
-            );
-        }
     }
     // poster and thumbnails
     let poster = store

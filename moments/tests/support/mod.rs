@@ -358,20 +358,7 @@ impl Stack {
     }
 }
 
-pub fn ffprobe(target: &str, extra: &[&str]) -> Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json"])
-        .args(extra)
-        .arg(target)
-        .output()
-        .expect("ffprobe");
-    assert!(
-        out.status.success(),
-        "ffprobe {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+pub use common::testing::ffprobe;
 
 /// pymp4's reading of an init segment and its media segments (see `tools/mp4_summary.py`).
 pub fn pymp4(init: &Path, segments: &[PathBuf]) -> Value {
@@ -455,30 +442,8 @@ pub async fn ladder(stack: &Stack, id: &str, scratch: &Path) -> Vec<Rendition> {
         }
         let joined_path = dir.join("joined.mp4");
         std::fs::write(&joined_path, &joined).unwrap();
-        let frames = ffprobe(
-            joined_path.to_str().unwrap(),
-            &[
-                "-select_streams",
-                "v:0",
-                "-show_entries",
-                "frame=key_frame,pkt_pos",
-                "-show_frames",
-            ],
-        );
-        let frames = frames["frames"].as_array().unwrap().clone();
-        for (i, &start) in starts.iter().enumerate() {
-            let first = frames
-                .iter()
-                .filter_map(|f| Some((f["pkt_pos"].as_str()?.parse::<usize>().ok()?, f)))
-                .filter(|(pos, _)| *pos >= start && starts.get(i + 1).is_none_or(|n| pos < n))
-                .min_by_key(|(pos, _)| *pos)
-                .map(|(_, f)| f)
-                .unwrap_or_else(|| panic!("{name} segment {i} has no frames"));
-            assert_eq!(
-                first["key_frame"], 1,
-                "{name} segment {i} starts without a keyframe"
-            );
-        }
+        let frames =
+            common::testing::assert_segments_start_with_keyframes(&joined_path, &starts, &name);
         let mp4 = pymp4(&init, &files);
         let video_track = mp4["init"]["tracks"]
             .as_array()
@@ -517,7 +482,7 @@ pub async fn ladder(stack: &Stack, id: &str, scratch: &Path) -> Vec<Rendition> {
                 .iter()
                 .map(|s| f64::from(s.duration))
                 .collect(),
-            frames: frames.len(),
+            frames,
             tracks: mp4["init"]["tracks"].clone(),
             segments,
         });

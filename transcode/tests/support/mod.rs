@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,26 +11,10 @@ use common::db::Db;
 use common::moment::{self, Moment, State};
 use common::queue::{Config as QueueConfig, Queue};
 use common::store::{Key, Local, ObjectStore, PutOptions, Store};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-#[allow(unused_imports)] // not every test binary uses both
-pub use common::testing::{clip, ffmpeg};
-
-pub fn ffprobe(target: &str, extra: &[&str]) -> Value {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json"])
-        .args(extra)
-        .arg(target)
-        .output()
-        .expect("ffprobe");
-    assert!(
-        out.status.success(),
-        "ffprobe {target}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+#[allow(unused_imports)] // not every test binary uses each
+pub use common::testing::{clip, ffmpeg, ffprobe};
 
 pub struct Env {
     pub dir: tempfile::TempDir,
