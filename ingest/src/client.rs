@@ -100,7 +100,8 @@ pub enum Chunking {
     /// Sized to take about half a second each at the rate seen so far (or the pacing rate),
     /// between 256 KiB and 16 MiB: each chunk is durable when it lands, so a transcode reading
     /// the upload as it arrives is never far behind the network, and a fast link still sends
-    /// big requests.
+    /// big requests. Towards the end chunks halve (down to 64 KiB), so the last bytes are
+    /// durable — and the last seconds of video transcoded — moments after they are sent.
     Auto,
 }
 
@@ -108,11 +109,12 @@ pub enum Chunking {
 const AUTO_MIN: usize = 256 * 1024;
 const AUTO_MAX: usize = 16 << 20;
 const AUTO_TARGET: Duration = Duration::from_millis(500);
+const AUTO_TAIL_MIN: usize = 64 * 1024;
 
 impl Chunking {
     /// The size of the next chunk, after the last one (`last` bytes) took `took` (`None`
-    /// before the first). Pure.
-    pub fn next(self, last: Option<(usize, Duration)>, rate: Option<u64>) -> usize {
+    /// before the first), with `remaining` bytes left to send. Pure.
+    pub fn next(self, last: Option<(usize, Duration)>, rate: Option<u64>, remaining: u64) -> usize {
         match self {
             Chunking::Fixed(n) => n.max(1),
             Chunking::Auto => {
@@ -126,7 +128,10 @@ impl Chunking {
                 } else {
                     AUTO_MIN as f64
                 };
-                (want as usize).clamp(AUTO_MIN, AUTO_MAX)
+                let n = (want as usize).clamp(AUTO_MIN, AUTO_MAX);
+                // the tail in halves: never more than half of what is left (but not tiny)
+                let half = usize::try_from(remaining / 2).unwrap_or(usize::MAX);
+                n.min(half.max(AUTO_TAIL_MIN))
             }
         }
     }
@@ -599,7 +604,8 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
     let mut last: Option<(usize, Duration)> = None;
     let mut last_chunk_ms = started_ms;
     while offset < size {
-        let n = (size - offset).min(opts.chunking.next(last, opts.rate) as u64) as usize;
+        let n =
+            (size - offset).min(opts.chunking.next(last, opts.rate, size - offset) as u64) as usize;
         let mut buf = vec![0u8; n];
         f.seek(SeekFrom::Start(offset)).map_err(ferr)?;
         f.read_exact(&mut buf).map_err(ferr)?;
@@ -788,32 +794,43 @@ mod tests {
     #[test]
     fn automatic_chunks_take_about_half_a_second() {
         let auto = Chunking::Auto;
+        let far = 1 << 40; // far from the end
         assert_eq!(
-            auto.next(None, None),
+            auto.next(None, None, far),
             AUTO_MIN,
             "start small: the header lands early"
         );
         // 10 Mbit/s pacing: 625 kB chunks
-        assert_eq!(auto.next(None, Some(10_000_000)), 625_000);
+        assert_eq!(auto.next(None, Some(10_000_000), far), 625_000);
         // 1 MiB took 0.1 s (10 MiB/s): grow, but at most 4× at once
-        let n = auto.next(Some((1 << 20, Duration::from_millis(100))), None);
+        let n = auto.next(Some((1 << 20, Duration::from_millis(100))), None, far);
         assert_eq!(n, 4 << 20);
         // 1 MiB took 1 s: half a MiB next
-        assert_eq!(
-            auto.next(Some((1 << 20, Duration::from_secs(1))), None),
-            512 * 1024
-        );
+        let n = auto.next(Some((1 << 20, Duration::from_secs(1))), None, far);
+        assert_eq!(n, 512 * 1024);
         // bounded on both sides
-        assert_eq!(
-            auto.next(Some((AUTO_MAX, Duration::from_millis(1))), None),
-            AUTO_MAX
-        );
-        assert_eq!(
-            auto.next(Some((AUTO_MIN, Duration::from_secs(60))), None),
-            AUTO_MIN
-        );
-        assert_eq!(Chunking::Fixed(4 << 20).next(None, Some(1)), 4 << 20);
-        assert_eq!(Chunking::Fixed(0).next(None, None), 1);
+        let n = auto.next(Some((AUTO_MAX, Duration::from_millis(1))), None, far);
+        assert_eq!(n, AUTO_MAX);
+        let n = auto.next(Some((AUTO_MIN, Duration::from_secs(60))), None, far);
+        assert_eq!(n, AUTO_MIN);
+        // the tail comes in halves, down to 64 KiB
+        let paced = |left| auto.next(None, Some(10_000_000), left);
+        assert_eq!(paced(1_000_000), 500_000);
+        assert_eq!(paced(200_000), 100_000);
+        assert_eq!(paced(100_000), AUTO_TAIL_MIN);
+        let mut left = 3_000_000u64;
+        let mut sizes = Vec::new();
+        while left > 0 {
+            let n = (paced(left) as u64).min(left);
+            sizes.push(n);
+            left -= n;
+        }
+        assert_eq!(sizes.iter().sum::<u64>(), 3_000_000);
+        assert!(*sizes.last().unwrap() <= AUTO_TAIL_MIN as u64, "{sizes:?}");
+        assert!(sizes.len() <= 12, "{sizes:?}");
+        // fixed sizes stay fixed
+        assert_eq!(Chunking::Fixed(4 << 20).next(None, Some(1), 10), 4 << 20);
+        assert_eq!(Chunking::Fixed(0).next(None, None, far), 1);
     }
 
     #[test]

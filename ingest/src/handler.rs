@@ -663,7 +663,17 @@ async fn write_locked(
             last_commit = tokio::time::Instant::now();
             let c = writer.checkpoint(false).await.map_err(internal)?;
             if c.received > up.received || !c.parts.is_empty() {
-                match record::commit(&s.db, &s.queue, &up, owner, &c, expires(), lock_until()).await
+                match record::commit(
+                    &s.db,
+                    &s.queue,
+                    &up,
+                    owner,
+                    &c,
+                    committed,
+                    expires(),
+                    lock_until(),
+                )
+                .await
                 {
                     Ok(true) => {
                         s.metrics.bytes.inc_by(c.received.saturating_sub(committed));
@@ -705,7 +715,18 @@ async fn write_locked(
         }
     }
     let c = writer.checkpoint(true).await.map_err(internal)?;
-    match record::commit(&s.db, &s.queue, &up, owner, &c, expires(), lock_until()).await {
+    match record::commit(
+        &s.db,
+        &s.queue,
+        &up,
+        owner,
+        &c,
+        committed,
+        expires(),
+        lock_until(),
+    )
+    .await
+    {
         Ok(true) => {}
         Ok(false) => return Err(lost()),
         Err(e) => return Err(internal(e)),

@@ -209,15 +209,18 @@ pub struct Commit {
     pub tail_size: Option<u64>,
 }
 
-/// Makes progress durable, if `owner` still holds the lock. Also slides the expiry, mirrors
+/// Makes progress durable (`durable_before` is the durable offset this commit moves on from),
+/// if `owner` still holds the lock. Also slides the expiry, mirrors
 /// the progress on the moment, and with the upload's first durable bytes queues its transcode
 /// as a background job (a worker with nothing else to do starts on the growing upload).
+#[allow(clippy::too_many_arguments)]
 pub async fn commit(
     db: &Db,
     queue: &Queue,
     up: &Upload,
     owner: &str,
     c: &Commit,
+    durable_before: u64,
     expires_at: i64,
     lock_until: i64,
 ) -> Result<bool, Error> {
@@ -263,7 +266,7 @@ pub async fn commit(
     .bind(&up.moment_id)
     .execute(&mut *tx)
     .await?;
-    let first_bytes = up.received == 0 && c.received > 0 && c.received < up.length;
+    let first_bytes = durable_before == 0 && c.received > 0 && c.received < up.length;
     if first_bytes {
         // The first bytes are durable: an idle worker may start on the growing upload.
         queue::enqueue_on(

@@ -156,6 +156,10 @@ impl Publisher {
         Key::new(k.clone()).map_err(|source| Error::Store { key: k, source })
     }
 
+    async fn put_owned(&self, rel: String, bytes: Bytes) -> Result<String, Error> {
+        self.put(&rel, bytes).await
+    }
+
     async fn put(&self, rel: &str, bytes: Bytes) -> Result<String, Error> {
         let key = self.key(rel)?;
         self.store
@@ -241,9 +245,9 @@ impl Publisher {
                 h,
             });
         }
-        self.put("thumbs.jpg", encode_jpeg(&sheet, 75)?).await?;
-        self.put("thumbs.vtt", Bytes::from(playlist::thumbnails_vtt(&cues)))
-            .await?;
+        let jpeg = encode_jpeg(&sheet, 75)?;
+        let vtt = Bytes::from(playlist::thumbnails_vtt(&cues));
+        futures::try_join!(self.put("thumbs.jpg", jpeg), self.put("thumbs.vtt", vtt))?;
         self.thumbs_written = true;
         Ok(())
     }
@@ -261,6 +265,7 @@ impl Publisher {
                 reason: reason.clone(),
             })
             .collect();
+        let mut writes = Vec::new();
         for (name, state) in &self.rungs {
             if state.segments.is_empty() {
                 failed.push(FailedRung {
@@ -271,10 +276,8 @@ impl Publisher {
             }
             let media = playlist::media("init.mp4", &state.segments);
             let iframes = playlist::iframes("init.mp4", &state.segments);
-            self.put(&format!("{name}/index.m3u8"), Bytes::from(media))
-                .await?;
-            self.put(&format!("{name}/iframes.m3u8"), Bytes::from(iframes))
-                .await?;
+            writes.push(self.put_owned(format!("{name}/index.m3u8"), Bytes::from(media)));
+            writes.push(self.put_owned(format!("{name}/iframes.m3u8"), Bytes::from(iframes)));
             let (bandwidth, average) = playlist::bandwidths(&state.segments);
             let info = &state.info;
             variants.push(Variant {
@@ -305,6 +308,9 @@ impl Publisher {
                 duration: state.segments.iter().map(|s| s.duration).sum(),
             });
         }
+        // the media playlists together (each is written whole and atomically), the master
+        // only once they are all in
+        futures::future::try_join_all(writes).await?;
         if variants.is_empty() {
             let reasons: Vec<String> = failed
                 .iter()

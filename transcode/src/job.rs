@@ -335,16 +335,17 @@ impl Transcoder {
                     Ok(())
                 }
                 Event::Progress {
-                    done,
+                    encoded,
                     total,
                     received,
+                    ..
                 } => {
                     if last_progress.elapsed() >= Duration::from_millis(900) {
                         last_progress = Instant::now();
-                        detail.encoded_s = Some((done * 10.0).round() / 10.0);
+                        detail.encoded_s = Some((encoded * 10.0).round() / 10.0);
                         detail.received_s = received.map(|r| (r * 10.0).round() / 10.0);
                         let p = if total > 0.0 {
-                            (done / total).min(0.99)
+                            (encoded / total).min(0.99)
                         } else {
                             0.0
                         };
@@ -391,6 +392,7 @@ impl Transcoder {
                 });
             }
         };
+        tracing::debug!(moment = %id, "encoded; publishing the playlists");
         publisher
             .thumbnails(&thumbs, summary.decoded_seconds)
             .await

@@ -2,6 +2,8 @@
 //! boundary), the poster (the first decoded frame, sent at once so it can be published while
 //! the upload is still arriving) and thumbnails, progress, and the hand-over to the top rung.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
@@ -29,6 +31,8 @@ pub(super) struct DecodeState {
     pub(super) duration: f64,
     pub(super) frame_step: f64,
     pub(super) arrival: Arrival,
+    /// Each rung's encoded position (output ticks).
+    pub(super) encoded: Vec<Arc<AtomicI64>>,
 }
 
 impl DecodeState {
@@ -91,8 +95,20 @@ impl DecodeState {
             }
             if self.last_progress.elapsed().as_millis() >= 500 {
                 self.last_progress = Instant::now();
+                let slowest = self
+                    .encoded
+                    .iter()
+                    .map(|e| e.load(Ordering::Relaxed))
+                    .min()
+                    .unwrap_or(0);
+                let encoded = if slowest == i64::MAX {
+                    t
+                } else {
+                    (slowest as f64 / f64::from(TIMESCALE)).clamp(0.0, t)
+                };
                 sink.send(Event::Progress {
-                    done: t,
+                    decoded: t,
+                    encoded,
                     total: self.duration,
                     received: self.arrival.seconds(self.duration),
                 })?;

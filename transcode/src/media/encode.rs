@@ -1,6 +1,8 @@
 //! One rung of the ladder on its own thread: scale (and rotate, for the top rung), encode with
 //! libx264 (or take the source's packets when the rung is remuxed), segment.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use ff::format::Pixel;
@@ -29,18 +31,24 @@ pub(super) struct RungWorker {
     pub(super) settings: Settings,
     pub(super) audio: Option<AudioTrack>,
     pub(super) sink: EventSink,
+    /// Decode time (output timescale) of the last sample this rung has encoded; `i64::MAX`
+    /// once the rung has failed (it no longer holds the ladder back).
+    pub(super) encoded: Arc<AtomicI64>,
 }
 
 impl RungWorker {
+    /// Reports the rung failed; it no longer holds the ladder's encoded position back.
+    fn failed(&self, rung: String, reason: String) {
+        self.encoded.store(i64::MAX, Ordering::Relaxed);
+        let _ = self.sink.send(Event::RungFailed { rung, reason });
+    }
+
     pub(super) fn run(self, rx: Receiver<Msg>, next: Option<SyncSender<Msg>>) {
         let name = self.rung.name.clone();
         let mut encoder = match self.open() {
             Ok(e) => Some(e),
             Err(reason) => {
-                let _ = self.sink.send(Event::RungFailed {
-                    rung: name.clone(),
-                    reason,
-                });
+                self.failed(name.clone(), reason);
                 None
             }
         };
@@ -64,10 +72,7 @@ impl RungWorker {
                         Err(e) => {
                             if !failed {
                                 failed = true;
-                                let _ = self.sink.send(Event::RungFailed {
-                                    rung: name.clone(),
-                                    reason: e,
-                                });
+                                self.failed(name.clone(), e);
                             }
                             continue;
                         }
@@ -78,10 +83,7 @@ impl RungWorker {
                         && let Err(e) = enc.frame(&mut out, pts, key, &self.sink)
                     {
                         failed = true;
-                        let _ = self.sink.send(Event::RungFailed {
-                            rung: name.clone(),
-                            reason: e,
-                        });
+                        self.failed(name.clone(), e);
                     }
                     if let Some(n) = &next {
                         let _ = n.send(Msg::Frame {
@@ -98,6 +100,7 @@ impl RungWorker {
                     key,
                 } => {
                     if !failed && let Some(enc) = encoder.as_mut() {
+                        self.encoded.fetch_max(dts, Ordering::Relaxed);
                         for s in enc.segmenter.push_video(data, pts, dts, key) {
                             let _ = self.sink.send(Event::Segment {
                                 rung: name.clone(),
@@ -132,10 +135,7 @@ impl RungWorker {
             && let Some(enc) = encoder.as_mut()
             && let Err(e) = enc.finish(&self.sink)
         {
-            let _ = self.sink.send(Event::RungFailed {
-                rung: name.clone(),
-                reason: e,
-            });
+            self.failed(name.clone(), e);
         }
         if let Some(n) = &next {
             let _ = n.send(Msg::End);
@@ -277,6 +277,7 @@ impl RungWorker {
             encoder,
             segmenter,
             name: self.rung.name.clone(),
+            encoded: self.encoded.clone(),
         })
     }
 }
@@ -286,6 +287,7 @@ struct RungEncoder {
     encoder: Option<ff::encoder::video::Encoder>,
     segmenter: Segmenter,
     name: String,
+    encoded: Arc<AtomicI64>,
 }
 
 impl RungEncoder {
@@ -324,6 +326,7 @@ impl RungEncoder {
             let dts = pkt.dts().unwrap_or(pts);
             let key = pkt.is_key() && avc::has_idr(data);
             let sample = avc::to_avcc_sample(data);
+            self.encoded.fetch_max(dts, Ordering::Relaxed);
             for s in self.segmenter.push_video(sample, pts, dts, key) {
                 sink.send(Event::Segment {
                     rung: self.name.clone(),

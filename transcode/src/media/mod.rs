@@ -22,6 +22,7 @@ mod stills;
 
 use std::sync::Arc;
 use std::sync::Once;
+use std::sync::atomic::AtomicI64;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Instant;
 
@@ -96,11 +97,13 @@ pub enum Event {
     Poster(image::RgbImage),
     /// A thumbnail for the scrubbing track.
     Thumb(Thumb),
-    /// Seconds of video decoded so far, the expected total, and how many seconds of the
-    /// source have arrived (when that can be told).
+    /// Seconds of video decoded so far, encoded so far (by the slowest rung), the expected
+    /// total, and how many seconds of the source have arrived (when that can be told).
     Progress {
         /// Decoded so far.
-        done: f64,
+        decoded: f64,
+        /// Encoded so far by every rung.
+        encoded: f64,
         /// Expected total.
         total: f64,
         /// Arrived so far.
@@ -419,6 +422,7 @@ pub fn transcode(
         receivers.push(rx);
     }
     let mut handles = Vec::new();
+    let encoded: Vec<Arc<AtomicI64>> = rungs.iter().map(|_| Arc::new(AtomicI64::new(0))).collect();
     for (i, (rung, rx)) in rungs.iter().cloned().zip(receivers).enumerate() {
         let next = senders.get(i + 1).cloned();
         let worker = RungWorker {
@@ -433,6 +437,7 @@ pub fn transcode(
             sink: EventSink {
                 tx: sink.tx.clone(),
             },
+            encoded: encoded[i].clone(),
         };
         let name = format!("rung-{}", worker.rung.name);
         let handle = std::thread::Builder::new()
@@ -461,6 +466,7 @@ pub fn transcode(
         duration,
         frame_step: 1.0 / fps,
         arrival,
+        encoded,
     };
 
     let result = (|| -> Result<(), Error> {
