@@ -544,6 +544,8 @@ async fn bad_media_fails_the_same_way_streamed_or_not() {
         *b = 0x5a;
     }
     cases.push(("corrupt media", corrupt, true));
+    // (the cases that stream as far as they can before the last byte)
+    let streams_first = ["corrupt media", "too short", "too wide"];
     // a fast-start file cut in half (its index promises more than there is)
     cases.push(("truncated", bytes[..bytes.len() / 2].to_vec(), false));
     // a fast-start file whose header is damaged
@@ -579,6 +581,65 @@ async fn bad_media_fails_the_same_way_streamed_or_not() {
         ],
     );
     cases.push(("audio only", std::fs::read(&voice).unwrap(), true));
+    // too short, but big enough to arrive in several pieces (so it does stream)
+    let short = make(
+        &d.join("short.mp4"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30:duration=0.3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    let short = std::fs::read(&short).unwrap();
+    assert!(short.len() > 200_000, "{} bytes", short.len());
+    cases.push(("too short", short, true));
+    // far too wide to be a phone's video
+    let wide = make(
+        &d.join("wide.mp4"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=9000x64:rate=30:duration=2",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    cases.push(("too wide", std::fs::read(&wide).unwrap(), true));
+    // a still image, named as a video
+    let photo = make(
+        &d.join("photo.jpg"),
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1920x1080",
+            "-frames:v",
+            "1",
+            "-q:v",
+            "1",
+        ],
+    );
+    cases.push(("still image", std::fs::read(&photo).unwrap(), true));
 
     for (what, data, must_fail) in &cases {
         let (_, streamed, _) = s.paced(data, 1e6, None).await;
@@ -590,6 +651,15 @@ async fn bad_media_fails_the_same_way_streamed_or_not() {
             assert!(!b["error"].as_str().unwrap_or("").is_empty(), "{what}: {b}");
         }
         assert_eq!(a["state"], b["state"], "{what}: {a} vs {b}");
+        if streams_first.contains(what) {
+            // the streaming path read it first: it failed it itself once every byte was in,
+            // or it waited for the last byte and the after-upload path did
+            let streamed = a["streaming"] == true;
+            let waited = a["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("could not be read while arriving"));
+            assert!(streamed || waited, "{what}: {a}");
+        }
         assert_eq!(a["error"], b["error"], "{what}: the same reason both ways");
     }
     s.stop().await;

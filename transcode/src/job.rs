@@ -267,8 +267,10 @@ impl Transcoder {
         );
         let monitor = reader.monitor();
         let (reader, seekable, hint) = if complete_at_start {
-            if detail.streaming.is_none() {
-                detail.streaming = Some(false);
+            // after the last byte; an earlier attempt's reason (why it did not stream, or why it
+            // stopped) says why
+            detail.streaming = Some(false);
+            if detail.reason.is_none() {
                 detail.reason = Some("the upload was complete when a worker took it".into());
             }
             (reader, true, "source")
