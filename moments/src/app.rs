@@ -80,6 +80,8 @@ pub struct Services {
     pub queue: Queue,
     /// Voice Q&A (engines loaded once).
     pub voice: Arc<asr_tts::voice::Voice>,
+    /// The HLS origin (its cache is shared by HTTP/1.1, HTTP/2 and HTTP/3).
+    pub origin: packager::origin::OriginState,
     /// The development signing key, when the page may hand out tokens (no public key
     /// configured and `web.dev_tokens`).
     pub dev_key: Option<Arc<String>>,
@@ -119,8 +121,11 @@ impl Services {
         } else {
             None
         };
+        let origin =
+            packager::origin::OriginState::new(store.clone(), db.clone(), &config.packager);
         Ok(Services {
             dev_key,
+            origin,
             config: Arc::new(config),
             db,
             store,
@@ -178,10 +183,7 @@ impl Services {
                         SocketAddr::new(ip, a.port()).to_string()
                     }),
                 }))
-                .merge(packager::origin::router(packager::origin::OriginState {
-                    store: self.store.clone(),
-                    db: self.db.clone(),
-                }))
+                .merge(packager::origin::router(self.origin.clone()))
                 .merge(asr_tts::api::router(asr_tts::api::VoiceState {
                     voice: self.voice.clone(),
                     auth: self.auth.clone(),

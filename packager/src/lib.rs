@@ -30,6 +30,12 @@ pub struct Config {
     pub public_base_url: Option<String>,
     /// Width of scrubbing thumbnails (pixels).
     pub thumbnail_width: u32,
+    /// Bytes of immutable published objects (segments, init segments, pictures) the built-in
+    /// origin keeps in memory; 0 turns the cache off.
+    pub origin_cache_bytes: u64,
+    /// A cached object is checked against the store again after this long (seconds), so one
+    /// removed from storage stops being served within it.
+    pub origin_cache_revalidate_secs: u64,
 }
 
 impl Default for Config {
@@ -38,6 +44,8 @@ impl Default for Config {
             segment_seconds: 2.0,
             public_base_url: None,
             thumbnail_width: 160,
+            origin_cache_bytes: 256 << 20,
+            origin_cache_revalidate_secs: 60,
         }
     }
 }

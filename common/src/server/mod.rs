@@ -118,7 +118,15 @@ pub async fn serve_http(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let signal = shutdown.clone();
+    // Small responses (a playlist, an init segment, a 304) go out at once instead of waiting on
+    // Nagle's algorithm for the ACK of the previous write (40 ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
+        }
+    });
     let server = axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(async move { signal.cancelled().await });
     with_deadline(server.into_future(), shutdown, grace, "HTTP").await

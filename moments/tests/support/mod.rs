@@ -358,7 +358,20 @@ impl Stack {
     }
 }
 
+#[allow(unused_imports)] // not every test binary uses it
 pub use common::testing::ffprobe;
+
+/// What the in-process stack's origin cache holds.
+pub fn origin_cache(stack: &Stack) -> packager::origin::cache::Stats {
+    stack
+        .running
+        .as_ref()
+        .expect("an in-process stack")
+        .services
+        .origin
+        .cache
+        .stats()
+}
 
 /// pymp4's reading of an init segment and its media segments (see `tools/mp4_summary.py`).
 pub fn pymp4(init: &Path, segments: &[PathBuf]) -> Value {
