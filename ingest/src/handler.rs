@@ -192,13 +192,11 @@ fn set(h: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
     }
 }
 
-async fn preflight() -> Response {
+async fn preflight(State(s): State<IngestState>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    for (k, v) in tus::options_headers(&tus::Limits { max_size: u64::MAX }) {
-        if k != "Tus-Max-Size" {
-            set(h, lower(k), v);
-        }
+    for (k, v) in tus::options_headers(&s.limits()) {
+        set(h, lower(k), v);
     }
     set(
         h,

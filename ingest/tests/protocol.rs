@@ -104,6 +104,8 @@ async fn options_advertise_the_protocol() {
     );
     assert!(h["tus-extension"].to_str().unwrap().contains("expiration"));
     assert_eq!(h["tus-checksum-algorithm"], "sha1,sha256");
+    // the configured limit (the test server's 64 MiB), as the README says
+    assert_eq!(h["tus-max-size"], (64 * 1024 * 1024).to_string());
     assert!(
         h["access-control-allow-headers"]
             .to_str()
