@@ -268,6 +268,32 @@ pub fn s3s_fs_binary() -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
+/// Starts `s3s-fs` on `port` and waits until it accepts connections (None: it exited, e.g.
+/// the port was taken).
+fn spawn_s3s(bin: &Path, port: u16, access: &str, secret: &str, dir: &Path) -> Option<Child> {
+    let mut child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", access, "--secret-key", secret])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn s3s-fs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// A real S3-compatible server (`s3s-fs`) on a free loopback port, serving a temporary
 /// directory; killed when dropped.
 pub struct S3Server {
@@ -277,14 +303,14 @@ pub struct S3Server {
     pub access_key: String,
     /// Secret key.
     pub secret_key: String,
-    child: Child,
-    _dir: tempfile::TempDir,
+    port: u16,
+    child: std::sync::Mutex<Option<Child>>,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -301,34 +327,47 @@ impl S3Server {
         );
         for _attempt in 0..5 {
             let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn s3s-fs");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken in the meantime; try another
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server {
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        access_key,
-                        secret_key,
-                        child,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(child) = spawn_s3s(&bin, port, &access_key, &secret_key, dir.path()) {
+                return S3Server {
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                    access_key,
+                    secret_key,
+                    port,
+                    child: std::sync::Mutex::new(Some(child)),
+                    dir,
+                };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("s3s-fs did not start");
+    }
+
+    /// Kills the server abruptly (SIGKILL); its data directory stays.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data after [`S3Server::kill`].
+    pub fn restart(&self) {
+        self.kill();
+        let bin = s3s_fs_binary().expect("s3s-fs is installed");
+        for _attempt in 0..50 {
+            if let Some(c) = spawn_s3s(
+                &bin,
+                self.port,
+                &self.access_key,
+                &self.secret_key,
+                self.dir.path(),
+            ) {
+                *self.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100)); // the port may linger
+        }
+        panic!("s3s-fs did not restart on port {}", self.port);
     }
 
     /// A store on a new bucket of this server (created here).

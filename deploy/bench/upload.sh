@@ -3,28 +3,35 @@
 #
 # 1. Loopback: a 200 MiB file into `moments serve --roles api,ingest` over HTTP/3 and over
 #    HTTP/1.1 with `moments upload`, against the anchor: plain `curl` sending the same bytes as
-#    one tus PATCH over HTTP/1.1 to the same server. MB/s and ratios, medians of RUNS runs.
+#    one tus PATCH over HTTP/1.1 to the same server. Once with the local store and once with
+#    the S3 store on a real S3-compatible server (s3s-fs on loopback, serving a directory on
+#    the same disk). MB/s and ratios, medians of RUNS runs.
 # 2. Lossy link: a 20 MiB file from one network namespace to another across deploy/bench/
 #    lossylink.py (user-space link emulation: this kernel has no netem), default 60 ms RTT,
-#    2% loss each way, 20 Mbit/s. Time of HTTP/3 (each QUIC congestion controller) and HTTP/1.1
-#    (Linux TCP, CUBIC), and the ratio against HTTP/1.1.
+#    2% loss each way, 100 Mbit/s. Time of HTTP/1.1 over TCP with CUBIC and with BBR (the
+#    client namespace's net.ipv4.tcp_congestion_control: the sender's controller is the one
+#    that matters for an upload) and of HTTP/3 with each QUIC congestion controller, and the
+#    ratio against the better TCP.
 #
 #   deploy/bench/upload.sh [RUNS]   (env: DELAY_MS=30 LOSS=0.02 RATE_MBIT=100 CHUNK=4MiB
-#                                         ONLY=loopback|lossy  CCS="cubic bbr newreno")
+#                                         ONLY=loopback|lossy  STORES="local s3"
+#                                         CCS="bbr cubic newreno"  TCPS="cubic bbr")
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 runs=${1:-3}
 delay=${DELAY_MS:-30} loss=${LOSS:-0.02} rate=${RATE_MBIT:-100} chunk=${CHUNK:-4MiB}
-only=${ONLY:-} ccs=${CCS:-bbr cubic newreno}
+only=${ONLY:-} ccs=${CCS:-bbr cubic newreno} tcps=${TCPS:-cubic bbr} stores=${STORES:-local s3}
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/moments/target}
 "$root/deploy/install-deps.sh" --bench
 cargo build --release --quiet -p moments --manifest-path "$root/Cargo.toml"
+case " $stores " in *" s3 "*) "$root/deploy/install-test-tools.sh" >/dev/null ;; esac
 bin="$CARGO_TARGET_DIR/release/moments"
 work=$(mktemp -d /tmp/moments-upbench-XXXXXX)
-server_pid= link_pid=
+server_pid= link_pid= s3_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null || true
   [ -n "$link_pid" ] && kill "$link_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -32,11 +39,26 @@ cleanup() {
 trap cleanup EXIT
 clean_env() { env | grep -o '^MOMENTS_[A-Z_]*' | grep -v '^MOMENTS_TEST_' | sed 's/^/-u /' | tr '\n' ' '; }
 
-# start_server NETNS_PREFIX HTTP_ADDR QUIC_ADDR CONGESTION -> sets server_pid, fp, token
+# start_s3: s3s-fs on 127.0.0.1:19000 serving $work/s3 (bucket "bench" is its directory)
+start_s3() {
+  rm -rf "$work/s3"; mkdir -p "$work/s3/bench"
+  s3s-fs --host 127.0.0.1 --port 19000 --access-key bench --secret-key bench-secret "$work/s3" \
+    > "$work/s3.log" 2>&1 &
+  s3_pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19000) 2>/dev/null && return; sleep 0.1; done
+  cat "$work/s3.log" >&2; exit 1
+}
+stop_s3() { kill "$s3_pid"; wait "$s3_pid" 2>/dev/null || true; s3_pid=; }
+
+# start_server NETNS_PREFIX HTTP_ADDR QUIC_ADDR CONGESTION [STORE] -> sets server_pid, fp, token
 start_server() {
-  local ns=$1 http=$2 quic=$3 cc=$4
+  local ns=$1 http=$2 quic=$3 cc=$4 store=${5:-local} s3env=()
   rm -rf "$work/srv"; mkdir -p "$work/srv"
-  (cd "$work/srv" && exec env $(clean_env) MOMENTS_HTTP_ADDR="$http" MOMENTS_QUIC_ADDR="$quic" \
+  if [ "$store" = s3 ]; then
+    s3env=(MOMENTS_STORAGE=s3://bench/media MOMENTS_S3_ENDPOINT=http://127.0.0.1:19000
+           AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1)
+  fi
+  (cd "$work/srv" && exec env $(clean_env) "${s3env[@]}" MOMENTS_HTTP_ADDR="$http" MOMENTS_QUIC_ADDR="$quic" \
      MOMENTS_QUIC_CONGESTION="$cc" RUST_LOG=warn $ns "$bin" serve --roles api,ingest > out.log 2> err.log) &
   server_pid=$!
   for _ in $(seq 100); do grep -q "SHA-256" "$work/srv/out.log" 2>/dev/null && break; sleep 0.1; done
@@ -68,14 +90,18 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 # ---- 1. loopback ----
 if [ "$only" != lossy ]; then
 head -c $((200 * 1024 * 1024)) /dev/urandom > "$work/big.bin"
-start_server "" 127.0.0.1:18080 127.0.0.1:14433 cubic
-for i in $(seq "$runs"); do
-  echo "loopback run $i/$runs" >&2
-  secs curl_upload "" http://127.0.0.1:18080 "$work/big.bin" >> "$work/lo.curl"
-  secs ours "" http://127.0.0.1:18080 --http "$work/big.bin" >> "$work/lo.h1"
-  secs ours "" https://127.0.0.1:14433 "$work/big.bin" >> "$work/lo.h3"
+for store in $stores; do
+  [ "$store" = s3 ] && start_s3
+  start_server "" 127.0.0.1:18080 127.0.0.1:14433 cubic "$store"
+  for i in $(seq "$runs"); do
+    echo "loopback ($store store) run $i/$runs" >&2
+    secs curl_upload "" http://127.0.0.1:18080 "$work/big.bin" >> "$work/lo.$store.curl"
+    secs ours "" http://127.0.0.1:18080 --http "$work/big.bin" >> "$work/lo.$store.h1"
+    secs ours "" https://127.0.0.1:14433 "$work/big.bin" >> "$work/lo.$store.h3"
+  done
+  stop_server
+  [ "$store" = s3 ] && stop_s3
 done
-stop_server
 fi
 
 # ---- 2. lossy link ----
@@ -90,7 +116,12 @@ for cc in $ccs; do
   start_server "$A" 10.99.0.1:8080 10.99.0.1:4433 "$cc"
   for i in $(seq "$runs"); do
     echo "lossy link ($cc) run $i/$runs" >&2
-    [ "$cc" = "${ccs%% *}" ] && secs ours "$B" http://10.99.0.1:8080 --http "$work/small.bin" >> "$work/ll.h1"
+    if [ "$cc" = "${ccs%% *}" ]; then
+      for tcp in $tcps; do
+        $B sysctl -q -w net.ipv4.tcp_congestion_control="$tcp"
+        secs ours "$B" http://10.99.0.1:8080 --http "$work/small.bin" >> "$work/ll.h1.$tcp"
+      done
+    fi
     CC=$cc secs ours "$B" https://10.99.0.1:4433 "$work/small.bin" >> "$work/ll.h3.$cc"
   done
   stop_server
@@ -99,23 +130,39 @@ fi
 
 mb() { echo "$1" | awk -v s="$2" '{printf "%.1f", s / 1048576 / $1}'; }
 if [ "$only" != lossy ]; then
-c=$(median < "$work/lo.curl") h1=$(median < "$work/lo.h1") h3=$(median < "$work/lo.h3")
 echo
 echo "Loopback, 200 MiB, median of $runs (chunks of $chunk for moments upload)"
-printf "%-40s %9s %9s %8s\n" "client / protocol" "seconds" "MB/s" "ratio"
-for row in "curl, one PATCH, HTTP/1.1 (anchor):$c" "moments upload --http (HTTP/1.1):$h1" "moments upload (HTTP/3, QUIC):$h3"; do
-  name=${row%:*} t=${row##*:}
-  printf "%-40s %9.2f %9s %8.2f\n" "$name" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)"
+printf "%-42s %9s %9s %9s %9s\n" "client / protocol / store" "seconds" "MB/s" "× curl" "× local"
+for store in $stores; do
+  c=$(median < "$work/lo.$store.curl")
+  for row in "curl, one PATCH, HTTP/1.1 (anchor):curl" "moments upload --http (HTTP/1.1):h1" "moments upload (HTTP/3, QUIC):h3"; do
+    name=${row%:*} kind=${row##*:}
+    t=$(median < "$work/lo.$store.$kind")
+    if [ -f "$work/lo.local.$kind" ]; then
+      vs_local=$(echo "$(median < "$work/lo.local.$kind") / $t" | bc -l)
+    else vs_local=nan; fi
+    printf "%-42s %9.2f %9s %9.2f %9.2f\n" "$name, $store" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)" "$vs_local"
+  done
 done
+if [ -f "$work/lo.local.h1" ]; then
+  printf "HTTP/3 ÷ HTTP/1.1 (local): %.2f\n" "$(echo "$(median < "$work/lo.local.h1") / $(median < "$work/lo.local.h3")" | bc -l)"
+fi
 fi
 if [ "$only" != loopback ]; then
-t1=$(median < "$work/ll.h1")
+best=
+for tcp in $tcps; do
+  t=$(median < "$work/ll.h1.$tcp")
+  if [ -z "$best" ] || [ "$(echo "$t < $best" | bc -l)" = 1 ]; then best=$t; fi
+done
 echo
 echo "Lossy link, 20 MiB, ${delay} ms one way ($((delay * 2)) ms RTT), loss $loss each way, $rate Mbit/s, median of $runs"
-printf "%-40s %9s %9s %12s\n" "protocol" "seconds" "MB/s" "× TCP time"
-printf "%-40s %9.2f %9s %12.2f\n" "HTTP/1.1 over TCP (CUBIC)" "$t1" "$(mb "$t1" 20971520)" 1
+printf "%-40s %9s %9s %16s\n" "protocol" "seconds" "MB/s" "× better TCP"
+for tcp in $tcps; do
+  t=$(median < "$work/ll.h1.$tcp")
+  printf "%-40s %9.2f %9s %16.2f\n" "HTTP/1.1 over TCP ($tcp)" "$t" "$(mb "$t" 20971520)" "$(echo "$t / $best" | bc -l)"
+done
 for cc in $ccs; do
   t=$(median < "$work/ll.h3.$cc")
-  printf "%-40s %9.2f %9s %12.2f\n" "HTTP/3 over QUIC ($cc)" "$t" "$(mb "$t" 20971520)" "$(echo "$t / $t1" | bc -l)"
+  printf "%-40s %9.2f %9s %16.2f\n" "HTTP/3 over QUIC ($cc)" "$t" "$(mb "$t" 20971520)" "$(echo "$t / $best" | bc -l)"
 done
 fi

@@ -1,6 +1,8 @@
-//! The one tus handler, served over HTTP/1.1, HTTP/2 and HTTP/3 alike (the transports hand it
-//! the same `Request`): routes, the write lock, streaming bodies into the sink with durable
-//! checkpoints, checksums, completion and the expiry sweeper.
+//! The one upload handler, served over HTTP/1.1, HTTP/2 and HTTP/3 alike (the transports hand
+//! it the same `Request`): routes, the write lock, streaming bodies into the sink with durable
+//! checkpoints, checksums, completion and the expiry sweeper. Two protocols share it on the
+//! same routes: tus 1.0.0 (requests with `Tus-Resumable`) and the IETF resumable-upload draft
+//! (requests with its fields; see [`crate::draft`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -124,21 +126,87 @@ impl FromRef<IngestState> for Arc<Auth> {
 /// The tus routes.
 pub fn router(state: IngestState) -> Router {
     Router::new()
-        .route("/files", post(create).options(preflight))
-        .route("/files/", post(create).options(preflight))
+        .route("/files", post(create_any).options(preflight))
+        .route("/files/", post(create_any).options(preflight))
         .route(
             "/files/{id}",
-            options(preflight).head(head).patch(patch).delete(terminate),
+            options(preflight)
+                .head(head_any)
+                .patch(patch_any)
+                .delete(terminate_any),
         )
         .layer(axum::middleware::map_response(decorate))
         .with_state(state)
 }
 
 const EXPOSE: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, \
-    Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Moment-Id";
+    Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Moment-Id, \
+    Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Accept-Patch";
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Tus-Resumable, Upload-Length, \
     Upload-Metadata, Upload-Offset, Upload-Checksum, Upload-Defer-Length, Upload-Concat, \
-    X-HTTP-Method-Override, X-Requested-With";
+    X-HTTP-Method-Override, X-Requested-With, Upload-Complete, Upload-Incomplete, \
+    Upload-Draft-Interop-Version, Content-Disposition, Content-Digest, Repr-Digest";
+
+// Each route answers tus or the draft, by the request's fields.
+async fn create_any(
+    state: State<IngestState>,
+    user: User,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    version: Version,
+    interim: Option<axum::Extension<common::server::h3::Interim>>,
+    body: Body,
+) -> Response {
+    if crate::rufh::is_draft(&headers) {
+        let interim = interim.map(|axum::Extension(i)| i);
+        return crate::draft::create(state, user, headers, uri, version, interim, body).await;
+    }
+    create(state, user, headers, uri, version, body).await
+}
+
+async fn head_any(
+    state: State<IngestState>,
+    user: User,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if crate::rufh::is_draft(&headers) {
+        return crate::draft::head(state, user, id, headers).await;
+    }
+    head(state, user, id, headers).await
+}
+
+async fn patch_any(
+    state: State<IngestState>,
+    user: User,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if crate::rufh::is_draft(&headers) {
+        return crate::draft::append(state, user, id, headers, body).await;
+    }
+    patch(state, user, id, headers, body).await
+}
+
+async fn terminate_any(
+    State(s): State<IngestState>,
+    User(user): User,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if crate::rufh::is_draft(&headers) {
+        return crate::draft::decorate(
+            crate::rufh::dialect(&headers).ok(),
+            terminate_core(&s, &id, &user).await,
+        )
+        .await;
+    }
+    if let Err(e) = tus::check_version(&headers) {
+        return tus_error(e);
+    }
+    terminate_core(&s, &id, &user).await
+}
 
 /// Every tus answer: `Tus-Resumable` and CORS for browser clients (tus-js-client).
 async fn decorate(mut resp: Response) -> Response {
@@ -165,7 +233,11 @@ fn tus_error(e: tus::Error) -> Response {
     resp
 }
 
-fn api_error(status: StatusCode, code: &'static str, msg: impl Into<String>) -> Response {
+pub(crate) fn api_error(
+    status: StatusCode,
+    code: &'static str,
+    msg: impl Into<String>,
+) -> Response {
     tus_error(tus::Error {
         status: status.as_u16(),
         code,
@@ -173,7 +245,7 @@ fn api_error(status: StatusCode, code: &'static str, msg: impl Into<String>) -> 
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> Response {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "upload failed on our side");
     api_error(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -182,11 +254,11 @@ fn internal(e: impl std::fmt::Display) -> Response {
     )
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "not_found", "no such upload")
 }
 
-fn set(h: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
+pub(crate) fn set(h: &mut HeaderMap, name: &'static str, value: impl AsRef<str>) {
     if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
         h.insert(HeaderName::from_static(name), v);
     }
@@ -205,6 +277,13 @@ async fn preflight(State(s): State<IngestState>) -> Response {
     );
     set(h, "access-control-allow-headers", ALLOW_HEADERS);
     set(h, "access-control-max-age", "86400");
+    // the resumable-upload draft's discovery (§Limits): appends and the limits of a creation
+    set(h, "accept-patch", crate::rufh::PARTIAL_UPLOAD);
+    if let Some(limit) = (crate::rufh::Dialect { interop: None })
+        .limit(s.config.max_size, Some(s.config.expires_secs))
+    {
+        set(h, "upload-limit", limit);
+    }
     resp
 }
 
@@ -219,7 +298,12 @@ fn lower(k: &'static str) -> &'static str {
     }
 }
 
-fn location(headers: &HeaderMap, uri: &axum::http::Uri, version: Version, id: &str) -> String {
+pub(crate) fn location(
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    version: Version,
+    id: &str,
+) -> String {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -242,7 +326,7 @@ fn location(headers: &HeaderMap, uri: &axum::http::Uri, version: Version, id: &s
     }
 }
 
-fn upload_headers(h: &mut HeaderMap, up: &Upload) {
+pub(crate) fn upload_headers(h: &mut HeaderMap, up: &Upload) {
     set(h, "upload-offset", up.received.to_string());
     set(h, "moment-id", &up.moment_id);
     set(h, "cache-control", "no-store");
@@ -252,7 +336,42 @@ fn upload_headers(h: &mut HeaderMap, up: &Upload) {
 }
 
 /// Loads an upload the caller owns; 404 for missing or foreign, 410 for expired.
-async fn owned(s: &IngestState, id: &str, user: &str) -> Result<Upload, Response> {
+/// Creates an upload (and its moment) for `user`, within the per-user limit.
+pub(crate) async fn new_upload(
+    s: &IngestState,
+    user: &str,
+    length: u64,
+    metadata: &str,
+) -> Result<Upload, Response> {
+    match record::count_active(&s.db, user).await {
+        Ok(n) if n >= i64::from(s.config.max_active_per_user) => {
+            return Err(api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                format!(
+                    "you have {n} unfinished uploads (limit {}); finish or delete one first",
+                    s.config.max_active_per_user
+                ),
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(internal(e)),
+    }
+    let (id, moment_id) = (new_id(), new_id());
+    let expires = now_ms() + (s.config.expires_secs as i64) * 1000;
+    if let Err(e) = record::create(&s.db, &id, &moment_id, user, length, metadata, expires).await {
+        return Err(internal(e));
+    }
+    s.metrics.created.inc();
+    tracing::info!(upload = %id, moment = %moment_id, %user, length, "upload created");
+    match record::get(&s.db, &id).await {
+        Ok(Some(up)) => Ok(up),
+        Ok(None) => Err(internal("upload vanished after creation")),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+pub(crate) async fn owned(s: &IngestState, id: &str, user: &str) -> Result<Upload, Response> {
     if !common::ids::is_id(id) {
         return Err(not_found());
     }
@@ -284,44 +403,13 @@ async fn create(
         Ok(r) => r,
         Err(e) => return tus_error(e),
     };
-    match record::count_active(&s.db, &user).await {
-        Ok(n) if n >= i64::from(s.config.max_active_per_user) => {
-            return api_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_uploads",
-                format!(
-                    "you have {n} unfinished uploads (limit {}); finish or delete one first",
-                    s.config.max_active_per_user
-                ),
-            );
-        }
-        Ok(_) => {}
-        Err(e) => return internal(e),
-    }
-    let (id, moment_id) = (new_id(), new_id());
-    let expires = now_ms() + (s.config.expires_secs as i64) * 1000;
-    if let Err(e) = record::create(
-        &s.db,
-        &id,
-        &moment_id,
-        &user,
-        req.length,
-        &req.metadata_raw,
-        expires,
-    )
-    .await
-    {
-        return internal(e);
-    }
-    s.metrics.created.inc();
-    tracing::info!(upload = %id, moment = %moment_id, %user, length = req.length, "upload created");
-    let mut up = match record::get(&s.db, &id).await {
-        Ok(Some(up)) => up,
-        Ok(None) => return internal("upload vanished after creation"),
-        Err(e) => return internal(e),
+    let mut up = match new_upload(&s, &user, req.length, &req.metadata_raw).await {
+        Ok(up) => up,
+        Err(resp) => return resp,
     };
+    let id = up.id.clone();
     if req.with_body || req.length == 0 {
-        match write(&s, up.clone(), body, req.checksum).await {
+        match write(&s, up.clone(), body, req.checksum, None).await {
             Ok(u) => up = u,
             Err(resp) => return resp,
         }
@@ -358,7 +446,7 @@ async fn head(
 
 /// Reads and drops what is left of a request body (bounded), so a client still sending gets
 /// our answer instead of a connection reset.
-async fn drain(body: Body) {
+pub(crate) async fn drain(body: Body) {
     let mut stream = body.into_data_stream();
     let mut left: usize = 16 << 20;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -408,7 +496,7 @@ async fn patch(
     let up = if up.complete {
         up
     } else {
-        match write(&s, up, body, req.checksum).await {
+        match write(&s, up, body, req.checksum, None).await {
             Ok(u) => u,
             Err(r) => return r,
         }
@@ -418,22 +506,16 @@ async fn patch(
     resp
 }
 
-async fn terminate(
-    State(s): State<IngestState>,
-    User(user): User,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = tus::check_version(&headers) {
-        return tus_error(e);
-    }
-    let up = match owned(&s, &id, &user).await {
+/// Cancels an upload (tus termination, the draft's cancellation): stops a request still
+/// writing to it here, frees its storage and forgets it.
+pub(crate) async fn terminate_core(s: &IngestState, id: &str, user: &str) -> Response {
+    let up = match owned(s, id, user).await {
         Ok(u) => u,
         Err(r) => return r,
     };
     // stop a request still writing to it in this process
     if let Ok(map) = s.active.lock()
-        && let Some(a) = map.get(&id)
+        && let Some(a) = map.get(id)
     {
         a.cancel.cancel();
     }
@@ -566,11 +648,12 @@ impl Hasher {
 /// Streams a request body into the upload under the write lock, making progress durable as it
 /// goes (or, with a checksum, all at once after the digest matches), and completes the upload
 /// when its last byte lands. Returns the upload as it now stands.
-async fn write(
+pub(crate) async fn write(
     s: &IngestState,
     up: Upload,
     body: Body,
     checksum: Option<Checksum>,
+    repr: Option<Checksum>,
 ) -> Result<Upload, Response> {
     let (owner, cancel, last_byte, _reg) = match acquire(s, &up.id).await {
         Ok(x) => x,
@@ -579,16 +662,28 @@ async fn write(
             return Err(r);
         }
     };
-    let result = write_locked(s, up.clone(), body, checksum, &owner, &cancel, &last_byte).await;
+    let result = write_locked(
+        s,
+        up.clone(),
+        body,
+        checksum,
+        repr,
+        &owner,
+        &cancel,
+        &last_byte,
+    )
+    .await;
     let _ = record::release(&s.db, &up.id, &owner).await;
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_locked(
     s: &IngestState,
     up: Upload,
     body: Body,
     checksum: Option<Checksum>,
+    repr: Option<Checksum>,
     owner: &str,
     cancel: &CancellationToken,
     last_byte: &AtomicI64,
@@ -598,18 +693,26 @@ async fn write_locked(
         Ok(Some(u)) if u.received == up.received && !u.complete => u,
         Ok(Some(u)) => {
             drain(body).await;
-            return Err(api_error(
+            let mut resp = api_error(
                 StatusCode::CONFLICT,
                 "offset_mismatch",
                 format!("the upload's offset is now {}", u.received),
-            ));
+            );
+            set(resp.headers_mut(), "upload-offset", u.received.to_string());
+            return Err(resp);
         }
         Ok(None) => return Err(not_found()),
         Err(e) => return Err(internal(e)),
     };
-    let mut writer = Writer::open(&s.store, &s.db, &up, s.part_size)
-        .await
-        .map_err(internal)?;
+    let mut writer = Writer::open(
+        &s.store,
+        &s.db,
+        &up,
+        s.part_size,
+        s.config.s3_parts_in_flight,
+    )
+    .await
+    .map_err(internal)?;
     let mut hasher = checksum.as_ref().map(Hasher::new);
     let stale = Duration::from_secs(s.config.stale_lock_secs);
     let idle = Duration::from_secs(s.config.body_idle_secs);
@@ -739,6 +842,23 @@ async fn write_locked(
         if let Err(e) = writer.finish(&now).await {
             // The bytes are durable; a retry (HEAD, then an empty PATCH) finishes the job.
             return Err(internal(e));
+        }
+        if let Some(want) = &repr {
+            match sink::digest(&s.store, &now, want.algorithm).await {
+                Ok(got) if got == want.digest => {}
+                Ok(_) => {
+                    // The representation is not what the client meant to send: the upload
+                    // failed as a whole (draft §Representation Digests); nothing is processed.
+                    let _ = sink::remove(&s.store, &now).await;
+                    let _ = record::delete(&s.db, &now).await;
+                    return Err(api_error(
+                        StatusCode::BAD_REQUEST,
+                        "repr_digest_mismatch",
+                        "the uploaded bytes do not match Repr-Digest; the upload failed and was removed",
+                    ));
+                }
+                Err(e) => return Err(internal(e)),
+            }
         }
         match record::complete(&s.db, &s.queue, &now, owner).await {
             Ok(true) => {

@@ -1,6 +1,7 @@
 //! Ingest: resumable uploads of moments with tus 1.0.0 (creation, creation-with-upload,
-//! checksum, termination, expiration) over HTTP/1.1, HTTP/2 and HTTP/3 through one handler,
-//! and the `moments upload` client.
+//! checksum, termination, expiration) and the IETF resumable-upload draft (interop versions
+//! 3–8: iOS 17+ URLSession speaks it natively) over HTTP/1.1, HTTP/2 and HTTP/3 through one
+//! handler, and the `moments upload` client.
 //!
 //! Position in the data flow: phone → **ingest** → transcode queue. The protocol rules are a
 //! core without I/O ([`tus`]); the handler ([`handler`]) streams bodies into durable storage
@@ -10,8 +11,10 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod draft;
 pub mod handler;
 pub mod record;
+pub mod rufh;
 pub mod sink;
 pub mod tus;
 
@@ -38,6 +41,9 @@ pub struct Config {
     pub commit_every_ms: u64,
     /// How often expired uploads are swept (seconds).
     pub cleanup_interval_secs: u64,
+    /// On S3, parts of one request being stored at once while the body keeps arriving; with
+    /// the part being filled, at most this many plus one parts are held in memory per request.
+    pub s3_parts_in_flight: usize,
 }
 
 impl Default for Config {
@@ -51,6 +57,7 @@ impl Default for Config {
             commit_every_bytes: 4 * 1024 * 1024,
             commit_every_ms: 500,
             cleanup_interval_secs: 60,
+            s3_parts_in_flight: 4,
         }
     }
 }

@@ -10,7 +10,15 @@
 //!   assembles the object with a multipart upload that copies the parts inside S3
 //!   (UploadPartCopy: no bytes travel again) plus the tail as the last part; the part and tail
 //!   objects are removed once the completion is recorded.
+//!
+//!   Parts are stored concurrently while the body keeps arriving (at most
+//!   `ingest.s3_parts_in_flight` at once; the body waits when that many are on their way, so
+//!   memory stays bounded). A mid-request checkpoint commits only the parts that are stored and
+//!   contiguous from the committed offset; the end of the request waits for all of them. A part
+//!   still in flight is never counted, so an acknowledged offset is always backed by stored
+//!   objects.
 
+use std::collections::VecDeque;
 use std::io::SeekFrom;
 use std::path::PathBuf;
 
@@ -76,7 +84,13 @@ pub struct S3Writer {
     parts_bytes: u64,
     /// Parts stored by this request, not yet committed.
     pending: Vec<(common::store::Part, u64)>,
+    /// Parts on their way to the store, oldest first, with their sizes.
+    in_flight: VecDeque<(PartTask, u64)>,
+    /// Most parts on their way at once.
+    max_in_flight: usize,
 }
+
+type PartTask = tokio::task::JoinHandle<Result<common::store::Part, Error>>;
 
 impl Writer {
     /// Prepares to append to `up` at its durable offset.
@@ -85,6 +99,7 @@ impl Writer {
         db: &Db,
         up: &Upload,
         part_size: u64,
+        parts_in_flight: usize,
     ) -> Result<Writer, Error> {
         let key = Key::new(record::source_key(&up.id))?;
         if let Some(path) = store.local_path(&key) {
@@ -122,6 +137,8 @@ impl Writer {
             buf,
             parts_bytes,
             pending: Vec::new(),
+            in_flight: VecDeque::new(),
+            max_in_flight: parts_in_flight.max(1),
         }))
     }
 
@@ -142,6 +159,7 @@ impl Writer {
                 while w.buf.len() >= w.part_size {
                     let part = w.buf.split_to(w.part_size).freeze();
                     w.upload(part).await?;
+                    w.buf.reserve(w.part_size);
                 }
                 Ok(())
             }
@@ -169,6 +187,11 @@ impl Writer {
                 })
             }
             Writer::S3(w) => {
+                if tail {
+                    w.wait_all().await?;
+                } else {
+                    w.collect_stored().await?;
+                }
                 let parts: Vec<_> = std::mem::take(&mut w.pending);
                 w.parts_bytes += parts.iter().map(|(_, s)| *s).sum::<u64>();
                 let tail_size = if tail {
@@ -201,7 +224,10 @@ impl Writer {
         match self {
             Writer::File(w) => w.written,
             Writer::S3(w) => {
-                w.parts_bytes + w.pending.iter().map(|(_, s)| *s).sum::<u64>() + w.buf.len() as u64
+                w.parts_bytes
+                    + w.pending.iter().map(|(_, s)| *s).sum::<u64>()
+                    + w.in_flight.iter().map(|(_, s)| *s).sum::<u64>()
+                    + w.buf.len() as u64
             }
         }
     }
@@ -215,7 +241,10 @@ impl Writer {
                 w.file.sync_data().await?;
                 Ok(())
             }
-            Writer::S3(_) => Ok(()),
+            Writer::S3(mut w) => {
+                w.abort_in_flight();
+                Ok(())
+            }
         }
     }
 
@@ -228,7 +257,10 @@ impl Writer {
                 w.file.sync_data().await?;
                 Ok(())
             }
-            Writer::S3(_) => Ok(()),
+            Writer::S3(mut w) => {
+                w.abort_in_flight();
+                Ok(())
+            }
         }
     }
 
@@ -247,7 +279,10 @@ impl Writer {
                 w.file.sync_all().await?;
                 Ok(())
             }
-            Writer::S3(w) => w.assemble(up).await,
+            Writer::S3(mut w) => {
+                w.wait_all().await?;
+                w.assemble(up).await
+            }
         }
     }
 }
@@ -285,23 +320,62 @@ impl FileWriter {
 const COPY_CONCURRENCY: usize = 4;
 
 impl S3Writer {
-    /// Stores one full part as its own object under a fresh part number.
+    /// Starts storing one full part as its own object under a fresh part number; waits for
+    /// the oldest part first when `max_in_flight` are already on their way.
     async fn upload(&mut self, part: Bytes) -> Result<(), Error> {
+        while self.in_flight.len() >= self.max_in_flight {
+            self.wait_oldest().await?;
+        }
         let number = record::next_part(&self.db, &self.id).await?;
         let size = part.len() as u64;
         let key = Key::new(record::part_key(&self.id, number))?;
-        let meta = self
-            .store
-            .put_bytes(&key, part, &PutOptions::default())
-            .await?;
-        self.pending.push((
-            common::store::Part {
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let meta = store.put_bytes(&key, part, &PutOptions::default()).await?;
+            Ok(common::store::Part {
                 number,
                 etag: meta.etag.unwrap_or_default(),
-            },
-            size,
-        ));
+            })
+        });
+        self.in_flight.push_back((task, size));
         Ok(())
+    }
+
+    /// Waits for the oldest part on its way and moves it to `pending`.
+    async fn wait_oldest(&mut self) -> Result<(), Error> {
+        let Some((task, size)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = task
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("part upload task: {e}"))))??;
+        self.pending.push((part, size));
+        Ok(())
+    }
+
+    /// Moves the parts already stored, in order from the oldest, to `pending` (a stored part
+    /// behind one still on its way waits: only a contiguous run can be committed).
+    async fn collect_stored(&mut self) -> Result<(), Error> {
+        while self.in_flight.front().is_some_and(|(t, _)| t.is_finished()) {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every part on its way.
+    async fn wait_all(&mut self) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the parts on their way (their objects, if any, are never committed and are
+    /// removed with the upload's other pieces).
+    fn abort_in_flight(&mut self) {
+        for (task, _) in self.in_flight.drain(..) {
+            task.abort();
+        }
     }
 
     /// Assembles the object from the committed parts (copied inside S3), the parts this
@@ -367,6 +441,37 @@ impl S3Writer {
         mp.complete_multipart(&self.key, &upload_id, &parts).await?;
         Ok(())
     }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // A request that ends with an error stops its uncommitted parts.
+        self.abort_in_flight();
+    }
+}
+
+/// Digest of a complete upload's assembled object (for `Repr-Digest`), read back from the
+/// store in a stream.
+pub async fn digest(
+    store: &Store,
+    up: &Upload,
+    algorithm: crate::tus::Algorithm,
+) -> Result<Vec<u8>, Error> {
+    use futures::TryStreamExt;
+    use sha1::Digest as _;
+    let key = Key::new(record::source_key(&up.id))?;
+    let mut body = store.get(&key, None).await?.body;
+    let (mut a, mut b) = (sha1::Sha1::new(), sha2::Sha256::new());
+    while let Some(chunk) = body.try_next().await? {
+        match algorithm {
+            crate::tus::Algorithm::Sha1 => a.update(&chunk),
+            crate::tus::Algorithm::Sha256 => b.update(&chunk),
+        }
+    }
+    Ok(match algorithm {
+        crate::tus::Algorithm::Sha1 => a.finalize().to_vec(),
+        crate::tus::Algorithm::Sha256 => b.finalize().to_vec(),
+    })
 }
 
 /// Removes an S3 upload's part and tail objects once its completion is recorded (the

@@ -501,3 +501,105 @@ async fn a_second_concurrent_patch_is_refused_and_a_dead_lock_holder_does_not_bl
     let _ = tokio::time::timeout(Duration::from_secs(2), stalled.read(&mut buf)).await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn s3_killed_mid_upload_loses_no_acknowledged_byte() {
+    for pg in support::databases().await {
+        let s3 = std::sync::Arc::new(common::testing::S3Server::start());
+        let backend = Backend::S3(s3.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start_with(dir.path(), &backend, pg.as_ref()).await;
+        let t = Tus::new(&s, "alice");
+        let data = support::data(40 << 20, 11);
+        let path = t.create(data.len() as u64).await;
+        // The body arrives in 256 KiB pieces through a channel, so the test decides when S3 dies.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let body = reqwest::Body::wrap_stream(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        }));
+        let patch = {
+            let req = t
+                .req(Method::PATCH, &path)
+                .header("upload-offset", "0")
+                .header("content-type", "application/offset+octet-stream")
+                .header("content-length", data.len().to_string())
+                .body(body);
+            tokio::spawn(async move { req.send().await })
+        };
+        let piece = 256 << 10;
+        let mut sent = 0;
+        let mut acked = 0;
+        while acked < 12 << 20 {
+            assert!(
+                sent < 30 << 20,
+                "no progress acknowledged after {sent} bytes"
+            );
+            tx.send(Ok(data[sent..sent + piece].to_vec()))
+                .await
+                .unwrap();
+            sent += piece;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            acked = t.offset(&path).await;
+        }
+        // S3 dies; the client keeps sending more than a part, slowly enough that mid-request
+        // checkpoints run while that part is on its way (and cannot be stored), then stops.
+        s3.kill();
+        for _ in 0..24 {
+            if tx
+                .send(Ok(data[sent..sent + piece].to_vec()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += piece;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        drop(tx);
+        let answer = tokio::time::timeout(Duration::from_secs(60), patch)
+            .await
+            .expect("the PATCH ends")
+            .unwrap();
+        if let Ok(r) = answer {
+            assert_ne!(
+                r.status(),
+                204,
+                "a PATCH whose bytes could not be stored succeeded"
+            );
+        }
+        // Upload state lives in the database: HEAD answers during the outage, and never below
+        // what was acknowledged.
+        let during = t.offset(&path).await;
+        assert!(
+            during >= acked,
+            "offset {during} fell below acknowledged {acked}"
+        );
+        s3.restart();
+        // Resume as a client does: HEAD, then PATCH from there. The cut request may still be
+        // finishing on the server (its last parts retried once S3 is back), so the offset can
+        // still grow: a 409 or 423 means HEAD again.
+        let mut tries = 0;
+        loop {
+            let after = t.offset(&path).await;
+            assert!(
+                after >= acked && after <= sent as u64,
+                "offset {after}, acked {acked}, sent {sent}"
+            );
+            let r = t.patch(&path, after, data[after as usize..].to_vec()).await;
+            match r.status().as_u16() {
+                204 => break,
+                409 | 423 if tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                st => panic!("resume answered {st}: {:?}", r.text().await),
+            }
+        }
+        // Every byte below the reported offset was really stored: the resumed upload is intact.
+        assert_eq!(
+            support::stored_sha256(&s, &path).await,
+            support::sha256(&data)
+        );
+        s.stop().await;
+    }
+}

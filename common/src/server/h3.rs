@@ -210,6 +210,22 @@ async fn connection(
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
+/// Lets a handler send informational (1xx) responses before its final one. HTTP/3 requests
+/// carry it as a request extension; HTTP/1.1 and HTTP/2 requests do not, because hyper's
+/// server has no way to send them (hyperium/hyper#4114 is still open).
+#[derive(Clone, Debug)]
+pub struct Interim(tokio::sync::mpsc::UnboundedSender<http::Response<()>>);
+
+impl Interim {
+    /// Queues an informational response (ignored unless its status is 1xx, or once the
+    /// final response has gone).
+    pub fn send(&self, resp: http::Response<()>) {
+        if resp.status().is_informational() {
+            let _ = self.0.send(resp);
+        }
+    }
+}
+
 /// Request body chunks are gathered up to this size when the data is already there.
 const COALESCE: usize = 256 * 1024;
 
@@ -251,9 +267,18 @@ async fn request(
     });
     let (mut parts, ()) = req.into_parts();
     parts.version = http::Version::HTTP_3;
+    let (interim, mut interims) = tokio::sync::mpsc::unbounded_channel();
+    parts.extensions.insert(Interim(interim));
     let req = http::Request::from_parts(parts, Body::from_stream(body));
 
-    let resp = router.oneshot(req).await?;
+    let handler = router.oneshot(req);
+    tokio::pin!(handler);
+    let resp = loop {
+        tokio::select! {
+            resp = &mut handler => break resp?,
+            Some(info) = interims.recv() => send.send_response(info).await?,
+        }
+    };
     let (mut parts, mut body) = resp.into_parts();
     // Connection-specific headers are forbidden in HTTP/3 (RFC 9114 §4.2).
     for h in [

@@ -56,6 +56,23 @@ impl Server {
         .await
     }
 
+    /// As [`Server::start`], on PostgreSQL when `pg` is given (else SQLite under `dir`).
+    pub async fn start_with(
+        dir: &Path,
+        backend: &Backend,
+        pg: Option<&common::testing::PgTestDb>,
+    ) -> Server {
+        Self::start_full(
+            dir,
+            backend,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            config(),
+            pg.map(|p| p.url.clone()),
+        )
+        .await
+    }
+
     pub async fn start_at(
         dir: &Path,
         backend: &Backend,
@@ -63,9 +80,19 @@ impl Server {
         quic: SocketAddr,
         cfg: ingest::Config,
     ) -> Server {
-        let db = Db::connect(&format!("sqlite://{}", dir.join("m.db").display()), 4)
-            .await
-            .unwrap();
+        Self::start_full(dir, backend, http, quic, cfg, None).await
+    }
+
+    async fn start_full(
+        dir: &Path,
+        backend: &Backend,
+        http: SocketAddr,
+        quic: SocketAddr,
+        cfg: ingest::Config,
+        db_url: Option<String>,
+    ) -> Server {
+        let url = db_url.unwrap_or_else(|| format!("sqlite://{}", dir.join("m.db").display()));
+        let db = Db::connect(&url, 4).await.unwrap();
         let store: Store = match backend {
             Backend::Local => Arc::new(Local::open(dir.join("objects")).await.unwrap()),
             Backend::S3(s3) => {
@@ -162,6 +189,16 @@ impl Server {
     pub fn base(&self) -> String {
         format!("http://{}", self.http)
     }
+}
+
+/// The databases a test runs on: SQLite (`None`), and a fresh PostgreSQL database when one
+/// is reachable (required when `MOMENTS_TEST_REQUIRE_PG=1`, as in CI).
+pub async fn databases() -> Vec<Option<common::testing::PgTestDb>> {
+    let mut all = vec![None];
+    if let Some(pg) = common::testing::fresh_pg().await {
+        all.push(Some(pg));
+    }
+    all
 }
 
 /// Deterministic pseudo-random bytes.
