@@ -29,7 +29,10 @@ case " $stores " in *" s3 "*) "$root/deploy/install-test-tools.sh" >/dev/null ;;
 bin="$CARGO_TARGET_DIR/release/moments"
 work=$(mktemp -d /tmp/moments-upbench-XXXXXX)
 server_pid= link_pid= s3_pid=
+allowed_cc=/proc/sys/net/ipv4/tcp_allowed_congestion_control
+orig_allowed=$(cat "$allowed_cc")
 cleanup() {
+  echo "$orig_allowed" > "$allowed_cc" 2>/dev/null || true
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
   [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null || true
   [ -n "$link_pid" ] && kill "$link_pid" 2>/dev/null || true
@@ -55,7 +58,7 @@ start_server() {
   local ns=$1 http=$2 quic=$3 cc=$4 store=${5:-local} s3env=()
   rm -rf "$work/srv"; mkdir -p "$work/srv"
   if [ "$store" = s3 ]; then
-    s3env=(MOMENTS_STORAGE=s3://bench/media MOMENTS_S3_ENDPOINT=http://127.0.0.1:19000
+    s3env+=(MOMENTS_STORAGE=s3://bench/media MOMENTS_S3_ENDPOINT=http://127.0.0.1:19000
            AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1)
   fi
   (cd "$work/srv" && exec env $(clean_env) "${s3env[@]}" MOMENTS_HTTP_ADDR="$http" MOMENTS_QUIC_ADDR="$quic" \
@@ -112,6 +115,10 @@ python3 "$root/deploy/bench/lossylink.py" mbA mbB --delay-ms "$delay" --loss "$l
 link_pid=$!
 for _ in $(seq 50); do grep -q "link up" "$work/link.log" 2>/dev/null && break; sleep 0.1; done
 A="ip netns exec mbA" B="ip netns exec mbB"
+# A namespace may only pick the controllers the host allows: allow the ones compared here for
+# the run (restored on exit).
+echo "$orig_allowed $tcps" | tr ' ' '\n' | sort -u | tr '\n' ' ' > "$allowed_cc"
+echo "host TCP default: $(cat /proc/sys/net/ipv4/tcp_congestion_control); allowed for the run: $(cat "$allowed_cc")" >&2
 for cc in $ccs; do
   start_server "$A" 10.99.0.1:8080 10.99.0.1:4433 "$cc"
   for i in $(seq "$runs"); do
@@ -132,7 +139,7 @@ mb() { echo "$1" | awk -v s="$2" '{printf "%.1f", s / 1048576 / $1}'; }
 if [ "$only" != lossy ]; then
 echo
 echo "Loopback, 200 MiB, median of $runs (chunks of $chunk for moments upload)"
-printf "%-42s %9s %9s %9s %9s\n" "client / protocol / store" "seconds" "MB/s" "× curl" "× local"
+printf "%-52s %9s %9s %9s %9s\n" "client / protocol / store" "seconds" "MB/s" "× curl" "× local"
 for store in $stores; do
   c=$(median < "$work/lo.$store.curl")
   for row in "curl, one PATCH, HTTP/1.1 (anchor):curl" "moments upload --http (HTTP/1.1):h1" "moments upload (HTTP/3, QUIC):h3"; do
@@ -141,7 +148,7 @@ for store in $stores; do
     if [ -f "$work/lo.local.$kind" ]; then
       vs_local=$(echo "$(median < "$work/lo.local.$kind") / $t" | bc -l)
     else vs_local=nan; fi
-    printf "%-42s %9.2f %9s %9.2f %9.2f\n" "$name, $store" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)" "$vs_local"
+    printf "%-52s %9.2f %9s %9.2f %9.2f\n" "$name, $store" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)" "$vs_local"
   done
 done
 if [ -f "$work/lo.local.h1" ]; then
