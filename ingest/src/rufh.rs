@@ -582,17 +582,7 @@ pub fn check_append(s: State, a: &Append) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
+    use crate::tus::test_headers as h;
     const LATEST: Dialect = Dialect { interop: None };
 
     #[test]
