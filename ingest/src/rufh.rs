@@ -20,7 +20,7 @@
 
 use http::HeaderMap;
 
-use crate::tus::{Algorithm, Checksum};
+use crate::tus::{Algorithm, Checksum, content_type_is};
 
 /// The interop version of the latest draft.
 pub const LATEST_INTEROP: u32 = 8;
@@ -221,19 +221,6 @@ pub fn completes(h: &HeaderMap, d: Dialect) -> Result<Option<bool>, Error> {
         )),
         (None, None) => Ok(None),
     }
-}
-
-fn content_type_is(h: &HeaderMap, want: &str) -> bool {
-    h.get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case(want)
-        })
-        .unwrap_or(false)
 }
 
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, Error> {

@@ -264,7 +264,8 @@ fn has_body(h: &HeaderMap) -> bool {
     }
 }
 
-fn content_type_is_offset_stream(h: &HeaderMap) -> bool {
+/// True when the request's media type (parameters aside) is `want`.
+pub(crate) fn content_type_is(h: &HeaderMap, want: &str) -> bool {
     h.get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
@@ -272,7 +273,7 @@ fn content_type_is_offset_stream(h: &HeaderMap) -> bool {
                 .next()
                 .unwrap_or("")
                 .trim()
-                .eq_ignore_ascii_case(OFFSET_OCTET_STREAM)
+                .eq_ignore_ascii_case(want)
         })
         .unwrap_or(false)
 }
@@ -323,7 +324,7 @@ pub fn parse_create(h: &HeaderMap, limits: &Limits) -> Result<Create, Error> {
         ));
     }
     let with_body = has_body(h);
-    if with_body && !content_type_is_offset_stream(h) {
+    if with_body && !content_type_is(h, OFFSET_OCTET_STREAM) {
         return Err(Error::new(
             415,
             "bad_content_type",
@@ -357,7 +358,7 @@ pub struct Patch {
 /// Validates a `PATCH /files/{id}` head.
 pub fn parse_patch(h: &HeaderMap) -> Result<Patch, Error> {
     check_version(h)?;
-    if !content_type_is_offset_stream(h) {
+    if !content_type_is(h, OFFSET_OCTET_STREAM) {
         return Err(Error::new(
             415,
             "bad_content_type",
