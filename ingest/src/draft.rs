@@ -29,17 +29,28 @@ use crate::rufh::{self, Dialect};
 
 /// A draft error as `application/problem+json` (RFC 9457) with the draft's problem types.
 fn problem(d: Option<Dialect>, e: &rufh::Error, extra: serde_json::Value) -> Response {
+    problem_doc(d, e.status, e.problem, e.code, &e.message, extra)
+}
+
+fn problem_doc(
+    d: Option<Dialect>,
+    status: u16,
+    kind: &str,
+    code: &str,
+    message: &str,
+    extra: serde_json::Value,
+) -> Response {
     let mut body = serde_json::json!({
-        "type": e.problem,
-        "title": title(e.code),
-        "detail": e.message,
-        "code": e.code,
+        "type": kind,
+        "title": title(code),
+        "detail": message,
+        "code": code,
     });
     if let (Some(obj), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
         obj.extend(more);
     }
     let mut resp = (
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
         body.to_string(),
     )
         .into_response();
@@ -89,54 +100,30 @@ pub(crate) async fn decorate(d: Option<Dialect>, resp: Response) -> Response {
         .await
         .unwrap_or_default();
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    let code = json["code"].as_str().unwrap_or("error").to_string();
-    let message = json["error"].as_str().unwrap_or("").to_string();
+    let code = json["code"].as_str().unwrap_or("error");
+    let message = json["error"].as_str().unwrap_or("");
     let offset = parts
         .headers
         .get("upload-offset")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (status, kind) = match code.as_str() {
+    let (status, kind) = match code {
         "offset_mismatch" => (409, rufh::PROBLEM_OFFSET),
         // a Content-Digest mismatch is a plain 400 here (tus's 460 is tus's own)
         "checksum_mismatch" => (400, "about:blank"),
         _ => (parts.status.as_u16(), "about:blank"),
     };
-    let e = rufh::Error {
-        status,
-        problem: kind,
-        code: static_code(&code),
-        message,
-    };
     let extra = match offset {
         Some(o) => serde_json::json!({ "expected-offset": o }),
         None => serde_json::json!({}),
     };
-    let mut out = problem(d, &e, extra);
+    let mut out = problem_doc(d, status, kind, code, message, extra);
     for (k, v) in parts.headers.iter() {
         if k != "content-type" && k != "content-length" {
             out.headers_mut().insert(k.clone(), v.clone());
         }
     }
     out
-}
-
-fn static_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 12] = [
-        "offset_mismatch",
-        "checksum_mismatch",
-        "repr_digest_mismatch",
-        "past_length",
-        "incomplete_body",
-        "too_many_uploads",
-        "not_found",
-        "expired",
-        "locked",
-        "internal",
-        "lost",
-        "unauthorized",
-    ];
-    KNOWN.into_iter().find(|k| *k == code).unwrap_or("error")
 }
 
 fn max_age(up: &Upload) -> Option<u64> {

@@ -20,7 +20,7 @@
 
 use http::HeaderMap;
 
-use crate::tus::{Algorithm, Checksum, content_type_is};
+use crate::tus::{Algorithm, Checksum, content_type_is, media_type};
 
 /// The interop version of the latest draft.
 pub const LATEST_INTEROP: u32 = 8;
@@ -364,17 +364,7 @@ pub fn parse_creation(h: &HeaderMap, d: Dialect, max_size: u64) -> Result<Creati
             "an empty upload cannot be a moment (Upload-Limit min-size=1)",
         ));
     }
-    let media_type = h
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .filter(|v| !v.is_empty());
+    let media_type = media_type(h);
     if let Some(t) = &media_type
         && t != "application/octet-stream"
         && !crate::tus::accepted_filetype(t.as_bytes())

@@ -264,8 +264,8 @@ fn has_body(h: &HeaderMap) -> bool {
     }
 }
 
-/// True when the request's media type (parameters aside) is `want`.
-pub(crate) fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+/// The request's media type, lowercased and without parameters (`None` when absent or empty).
+pub(crate) fn media_type(h: &HeaderMap) -> Option<String> {
     h.get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
@@ -273,9 +273,14 @@ pub(crate) fn content_type_is(h: &HeaderMap, want: &str) -> bool {
                 .next()
                 .unwrap_or("")
                 .trim()
-                .eq_ignore_ascii_case(want)
+                .to_ascii_lowercase()
         })
-        .unwrap_or(false)
+        .filter(|v| !v.is_empty())
+}
+
+/// True when the request's media type (parameters aside) is `want`.
+pub(crate) fn content_type_is(h: &HeaderMap, want: &str) -> bool {
+    media_type(h).is_some_and(|t| t.eq_ignore_ascii_case(want))
 }
 
 /// Validates a `POST /files` (creation, creation-with-upload).
