@@ -25,16 +25,8 @@ cargo build --release --quiet -p moments --manifest-path "$root/Cargo.toml"
 cargo build --release --quiet -p common --example h3load --manifest-path "$root/Cargo.toml"
 bin="$CARGO_TARGET_DIR/release/moments"
 h3load="$CARGO_TARGET_DIR/release/examples/h3load"
-work=$(mktemp -d /tmp/moments-origin-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-clean_env() { env | grep -o '^MOMENTS_[A-Z_]*' | grep -v '^MOMENTS_TEST_' | sed 's/^/-u /' | tr '\n' ' '; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/deploy/bench/lib.sh"
+bench_workdir origin
 
 http_port=$(free_port) quic_port=$(free_port) nginx_port=$(free_port)
 mkdir -p "$work/srv"

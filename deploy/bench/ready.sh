@@ -30,16 +30,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/moments/target}
 "$root/deploy/install-deps.sh" --bench
 cargo build --release --quiet -p moments --manifest-path "$root/Cargo.toml"
 bin="$CARGO_TARGET_DIR/release/moments"
-work=$(mktemp -d /tmp/moments-ready-XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-clean_env() { env | grep -o '^MOMENTS_[A-Z_]*' | grep -v '^MOMENTS_TEST_' | sed 's/^/-u /' | tr '\n' ' '; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$root/deploy/bench/lib.sh"
+bench_workdir ready
 
 echo "making the source (${secs} s 1080p30, ~${kbps} kbit/s, fast-start)" >&2
 src="$work/moment.mp4"

@@ -40,7 +40,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-clean_env() { env | grep -o '^MOMENTS_[A-Z_]*' | grep -v '^MOMENTS_TEST_' | sed 's/^/-u /' | tr '\n' ' '; }
+. "$root/deploy/bench/lib.sh"
 
 # start_s3: s3s-fs on 127.0.0.1:19000 serving $work/s3 (bucket "bench" is its directory)
 start_s3() {
