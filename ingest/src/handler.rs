@@ -839,12 +839,13 @@ async fn write_locked(
         ..up
     };
     if now.received == now.length {
-        if let Err(e) = writer.finish(&now).await {
+        let finish = match writer.finish(&now).await {
+            Ok(f) => f,
             // The bytes are durable; a retry (HEAD, then an empty PATCH) finishes the job.
-            return Err(internal(e));
-        }
+            Err(e) => return Err(internal(e)),
+        };
         if let Some(want) = &repr {
-            match sink::digest(&s.store, &now, want.algorithm).await {
+            match sink::digest(&s.store, &s.db, &now, want.algorithm).await {
                 Ok(got) if got == want.digest => {}
                 Ok(_) => {
                     // The representation is not what the client meant to send: the upload
@@ -860,13 +861,15 @@ async fn write_locked(
                 Err(e) => return Err(internal(e)),
             }
         }
-        match record::complete(&s.db, &s.queue, &now, owner).await {
+        let pieces = finish == sink::Finish::Pieces;
+        match record::complete(&s.db, &s.queue, &now, owner, pieces).await {
             Ok(true) => {
                 s.metrics.completed.inc();
                 now.complete = true;
                 tracing::info!(upload = %now.id, moment = %now.moment_id, "upload complete; transcode queued");
-                if let Err(e) = sink::cleanup(&s.store, &now).await {
-                    // Only space is at stake: the assembled object holds every byte.
+                // (with pieces, the assembly job removes them once the object is whole)
+                if !pieces && let Err(e) = sink::cleanup(&s.store, &now).await {
+                    // Only space is at stake: the object holds every byte.
                     tracing::warn!(upload = %now.id, error = %e, "could not remove the upload's part objects");
                 }
             }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assemble;
 pub mod client;
 mod draft;
 pub mod handler;

@@ -321,16 +321,45 @@ pub async fn parts(db: &Db, id: &str) -> Result<Vec<Part>, Error> {
         .collect()
 }
 
+/// The job kind that assembles a complete S3 upload's part and tail objects into its object.
+pub const ASSEMBLE_KIND: &str = "assemble_upload";
+
+/// The assembly job of upload `id` (one per upload).
+pub fn assemble_job(id: &str) -> queue::NewJob {
+    queue::NewJob {
+        kind: ASSEMBLE_KIND.to_string(),
+        payload: serde_json::json!({ "upload": id }),
+        dedup_key: Some(format!("assemble:{id}")),
+        // Idempotent and cheap to retry; until it succeeds the upload is read from its pieces,
+        // so it is worth trying for a long while (backoff capped by the queue's maximum).
+        max_attempts: Some(12),
+        priority: Priority::Normal,
+    }
+}
+
 /// Marks the upload complete and queues the moment's transcode, in one transaction. False when
 /// the upload was not ours to complete (lock lost or already complete).
-pub async fn complete(db: &Db, queue: &Queue, up: &Upload, owner: &str) -> Result<bool, Error> {
+///
+/// With `pieces`, the bytes stay in the upload's S3 part and tail objects for now: their rows
+/// are kept (readers are given the pieces, see [`Sources`]) and the job that assembles them
+/// into the object is queued in the same transaction ([`assembled`] records its end). Without,
+/// the object is already whole.
+pub async fn complete(
+    db: &Db,
+    queue: &Queue,
+    up: &Upload,
+    owner: &str,
+    pieces: bool,
+) -> Result<bool, Error> {
     let now = now_ms();
     let mut tx = db.pool().begin().await?;
     let r = sqlx::query(
-        "UPDATE uploads SET state = 'complete', received = length, tail_size = 0, \
-         lock_owner = NULL, lock_until = NULL, updated_at = $1 \
-         WHERE id = $2 AND lock_owner = $3 AND state = 'active'",
+        "UPDATE uploads SET state = 'complete', received = length, \
+         tail_size = CASE WHEN $1 = 1 THEN tail_size ELSE 0 END, \
+         lock_owner = NULL, lock_until = NULL, updated_at = $2 \
+         WHERE id = $3 AND lock_owner = $4 AND state = 'active'",
     )
+    .bind(i64::from(pieces))
     .bind(now)
     .bind(&up.id)
     .bind(owner)
@@ -367,15 +396,41 @@ pub async fn complete(db: &Db, queue: &Queue, up: &Upload, owner: &str) -> Resul
     .bind(&up.moment_id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
-        .bind(&up.id)
-        .execute(&mut *tx)
-        .await?;
+    if pieces {
+        queue::enqueue_on(&mut tx, queue.config(), &assemble_job(&up.id)).await?;
+    } else {
+        sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+            .bind(&up.id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     queue.notify();
     db.notify(Change::Object(source_key(&up.id)));
     db.notify(Change::Moment(up.moment_id.clone()));
     Ok(true)
+}
+
+/// Records that a complete upload's object was assembled from its pieces: from now on readers
+/// are sent to the object, so the pieces may go. False when the upload is gone (withdrawn
+/// while it was being assembled).
+pub async fn assembled(db: &Db, id: &str) -> Result<bool, Error> {
+    let mut tx = db.pool().begin().await?;
+    let r = sqlx::query(
+        "UPDATE uploads SET tail_size = 0, s3_upload_id = NULL, updated_at = $1 \
+         WHERE id = $2 AND state = 'complete'",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM upload_parts WHERE upload_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    db.notify(Change::Object(source_key(id)));
+    Ok(r.rows_affected() == 1)
 }
 
 /// Removes an upload (termination or expiry) and its moment, if it never completed, with a
@@ -446,10 +501,11 @@ impl Growing for Sources {
             let Some(up) = get(&self.db, id).await.map_err(dberr)? else {
                 return Ok(None);
             };
-            if up.complete {
+            let local = self.store.local_path(key).is_some();
+            if up.complete && local {
                 return Ok(Some(Extent::whole(key.clone(), up.length)));
             }
-            if self.store.local_path(key).is_some() {
+            if local {
                 return Ok(Some(Extent {
                     length: up.length,
                     durable: up.received,
@@ -463,9 +519,15 @@ impl Growing for Sources {
                 }));
             }
             let base = up.received - up.tail_size;
+            let parts = parts_with_sizes(&self.db, id).await.map_err(dberr)?;
+            if up.complete && parts.is_empty() {
+                // assembled (or small enough to have been stored whole at completion)
+                return Ok(Some(Extent::whole(key.clone(), up.length)));
+            }
+            // Still arriving, or complete and not yet assembled: the bytes are in the pieces.
             let mut pieces = Vec::new();
             let mut at = 0u64;
-            for (number, size) in parts_with_sizes(&self.db, id).await.map_err(dberr)? {
+            for (number, size) in parts {
                 if at >= base {
                     break;
                 }
@@ -489,7 +551,7 @@ impl Growing for Sources {
             return Ok(Some(Extent {
                 length: up.length,
                 durable: up.received,
-                complete: false,
+                complete: up.complete,
                 pieces,
                 updated_ms: up.updated_at,
             }));

@@ -8,8 +8,13 @@
 //!   `.part`), so any ingest node can resume the upload — and any worker can read the upload
 //!   while it is still arriving (multipart parts cannot be read before completion). Completion
 //!   assembles the object with a multipart upload that copies the parts inside S3
-//!   (UploadPartCopy: no bytes travel again) plus the tail as the last part; the part and tail
-//!   objects are removed once the completion is recorded.
+//!   (UploadPartCopy: no bytes travel again) plus the tail as the last part. That copying
+//!   costs the store a full rewrite of the object (twice, on stores that copy the part and
+//!   then concatenate), so it runs off the request path: the last PATCH is answered as soon
+//!   as the tail is stored and the completion recorded, with the assembly queued in the same
+//!   transaction (a job on the durable queue, see [`assemble`]). Until it is done, readers are
+//!   given the part and tail objects (the upload's [`record::Sources`] extent names them);
+//!   once it is recorded, the object; the pieces are removed after that.
 //!
 //!   Parts are stored concurrently while the body keeps arriving (at most
 //!   `ingest.s3_parts_in_flight` at once; the body waits when that many are on their way, so
@@ -264,11 +269,12 @@ impl Writer {
         }
     }
 
-    /// Finishes a fully received upload: assembles the S3 object (the local file already is
-    /// the object). The S3 part and tail objects stay until [`cleanup`] runs after the
-    /// completion is recorded, so a reader of the growing upload never finds them gone before
-    /// the upload says it is complete.
-    pub async fn finish(self, up: &Upload) -> Result<(), Error> {
+    /// Finishes a fully received upload. The local file already is the object; on S3 an
+    /// upload that fits in one part is stored whole now, and one made of parts is left for
+    /// [`assemble`] (returns [`Finish::Pieces`]). The S3 part and tail objects stay until
+    /// [`cleanup`] runs after the completion (or the assembly) is recorded, so a reader of the
+    /// growing upload never finds them gone before the upload says where else to look.
+    pub async fn finish(self, up: &Upload) -> Result<Finish, Error> {
         match self {
             Writer::File(mut w) => {
                 if !w.buf.is_empty() {
@@ -277,14 +283,33 @@ impl Writer {
                 }
                 w.file.flush().await?;
                 w.file.sync_all().await?;
-                Ok(())
+                Ok(Finish::Whole)
             }
             Writer::S3(mut w) => {
                 w.wait_all().await?;
-                w.assemble(up).await
+                let stored_parts =
+                    !w.pending.is_empty() || !record::parts(&w.db, &up.id).await?.is_empty();
+                if stored_parts {
+                    return Ok(Finish::Pieces);
+                }
+                // Everything fits in the buffer: one plain object.
+                let bytes = w.buf.split().freeze();
+                w.store
+                    .put_bytes(&w.key, bytes, &PutOptions::default())
+                    .await?;
+                Ok(Finish::Whole)
             }
         }
     }
+}
+
+/// Where a finished upload's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// In the upload's object.
+    Whole,
+    /// In its S3 part and tail objects, until [`assemble`] has run.
+    Pieces,
 }
 
 impl FileWriter {
@@ -377,70 +402,6 @@ impl S3Writer {
             task.abort();
         }
     }
-
-    /// Assembles the object from the committed parts (copied inside S3), the parts this
-    /// request stored, and what is left in the buffer.
-    async fn assemble(mut self, up: &Upload) -> Result<(), Error> {
-        let Some(mp) = self.store.multipart() else {
-            return Err(Error::Unsupported);
-        };
-        let mut numbers: Vec<i32> = record::parts(&self.db, &up.id)
-            .await?
-            .iter()
-            .map(|p| p.number)
-            .collect();
-        numbers.extend(self.pending.drain(..).map(|(p, _)| p.number));
-        numbers.sort_unstable();
-        numbers.dedup();
-        if numbers.is_empty() {
-            // Everything fits in the buffer: one plain object.
-            let bytes = self.buf.split().freeze();
-            self.store
-                .put_bytes(&self.key, bytes, &PutOptions::default())
-                .await?;
-            return Ok(());
-        }
-        // A completion that died half-way left a multipart upload behind: abandon it.
-        if let Some(old) = &up.s3_upload_id {
-            let _ = mp.abort_multipart(&self.key, old).await;
-        }
-        let upload_id = mp
-            .create_multipart(&self.key, &PutOptions::default())
-            .await?;
-        record::set_s3_upload_id(&self.db, &self.id, &upload_id).await?;
-        let copies: Vec<_> = numbers
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let (store, key, upload_id) =
-                    (self.store.clone(), self.key.clone(), upload_id.clone());
-                let source = Key::new(record::part_key(&self.id, n));
-                async move {
-                    let Some(mp) = store.multipart() else {
-                        return Err(Error::Unsupported);
-                    };
-                    Ok(mp
-                        .upload_part_copy(&key, &upload_id, i as i32 + 1, &source?)
-                        .await?)
-                }
-            })
-            .collect();
-        let mut parts: Vec<common::store::Part> = futures::stream::iter(copies)
-            .buffered(COPY_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        if !self.buf.is_empty() {
-            let last = self.buf.split().freeze();
-            parts.push(
-                mp.upload_part(&self.key, &upload_id, parts.len() as i32 + 1, last)
-                    .await?,
-            );
-        }
-        mp.complete_multipart(&self.key, &upload_id, &parts).await?;
-        Ok(())
-    }
 }
 
 impl Drop for S3Writer {
@@ -450,22 +411,99 @@ impl Drop for S3Writer {
     }
 }
 
-/// Digest of a complete upload's assembled object (for `Repr-Digest`), read back from the
-/// store in a stream.
+/// Assembles a complete S3 upload's object from its committed parts (copied inside S3) and
+/// its tail (the last part, at most one part's size through this process). Safe to run again:
+/// a run that died half-way left a multipart upload behind, which is abandoned.
+pub async fn assemble(store: &Store, db: &Db, up: &Upload) -> Result<(), Error> {
+    let Some(mp) = store.multipart() else {
+        return Err(Error::Unsupported);
+    };
+    let key = Key::new(record::source_key(&up.id))?;
+    let numbers: Vec<i32> = record::parts(db, &up.id)
+        .await?
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    if let Some(old) = &up.s3_upload_id {
+        let _ = mp.abort_multipart(&key, old).await;
+    }
+    let upload_id = mp.create_multipart(&key, &PutOptions::default()).await?;
+    record::set_s3_upload_id(db, &up.id, &upload_id).await?;
+    let copies: Vec<_> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let (store, key, upload_id) = (store.clone(), key.clone(), upload_id.clone());
+            let source = Key::new(record::part_key(&up.id, n));
+            async move {
+                let Some(mp) = store.multipart() else {
+                    return Err(Error::Unsupported);
+                };
+                Ok(mp
+                    .upload_part_copy(&key, &upload_id, i as i32 + 1, &source?)
+                    .await?)
+            }
+        })
+        .collect();
+    let mut parts: Vec<common::store::Part> = futures::stream::iter(copies)
+        .buffered(COPY_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    if up.tail_size > 0 {
+        let base = up.length - up.tail_size;
+        let tail = store
+            .get_bytes(&Key::new(record::tail_key(&up.id, base))?, up.tail_size)
+            .await?;
+        if (tail.len() as u64) < up.tail_size {
+            return Err(Error::Store(common::store::Error::Io(
+                std::io::Error::other(format!(
+                    "tail object of upload {} has {} bytes, expected {}",
+                    up.id,
+                    tail.len(),
+                    up.tail_size
+                )),
+            )));
+        }
+        let tail = tail.slice(..up.tail_size as usize);
+        parts.push(
+            mp.upload_part(&key, &upload_id, parts.len() as i32 + 1, tail)
+                .await?,
+        );
+    }
+    mp.complete_multipart(&key, &upload_id, &parts).await?;
+    Ok(())
+}
+
+/// Digest of a fully received upload (for `Repr-Digest`), read back from wherever its bytes
+/// are (the object, or the S3 pieces of an upload not yet assembled) in a stream.
 pub async fn digest(
     store: &Store,
+    db: &Db,
     up: &Upload,
     algorithm: crate::tus::Algorithm,
 ) -> Result<Vec<u8>, Error> {
+    use common::store::Growing as _;
     use futures::TryStreamExt;
     use sha1::Digest as _;
     let key = Key::new(record::source_key(&up.id))?;
-    let mut body = store.get(&key, None).await?.body;
+    let extent = record::Sources::new(db.clone(), store.clone())
+        .extent(&key)
+        .await?
+        .unwrap_or_else(|| common::store::Extent::whole(key.clone(), up.length));
     let (mut a, mut b) = (sha1::Sha1::new(), sha2::Sha256::new());
-    while let Some(chunk) = body.try_next().await? {
-        match algorithm {
-            crate::tus::Algorithm::Sha1 => a.update(&chunk),
-            crate::tus::Algorithm::Sha256 => b.update(&chunk),
+    for piece in &extent.pieces {
+        if piece.size == 0 {
+            continue;
+        }
+        let range = common::store::ByteRange::Between(0, piece.size - 1);
+        let mut body = store.get(&piece.key, Some(range)).await?.body;
+        while let Some(chunk) = body.try_next().await? {
+            match algorithm {
+                crate::tus::Algorithm::Sha1 => a.update(&chunk),
+                crate::tus::Algorithm::Sha256 => b.update(&chunk),
+            }
         }
     }
     Ok(match algorithm {
@@ -500,7 +538,11 @@ pub async fn remove(store: &Store, up: &Upload) -> Result<(), Error> {
     }
     cleanup(store, up).await?;
     if up.complete {
-        store.delete(&key).await?;
+        // (not there yet when the upload was complete but not assembled)
+        match store.delete(&key).await {
+            Ok(()) | Err(common::store::Error::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -506,46 +506,54 @@ async fn every_bad_draft_request_gets_its_status_and_reason() {
 #[tokio::test]
 async fn repr_digest_is_checked_at_completion() {
     use sha2::Digest;
-    for pg in support::databases().await {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Server::start_with(dir.path(), &Backend::Local, pg.as_ref()).await;
-        let c = Rufh::new(&s, "alice", Some(8));
-        let data = support::data(300_000, 4);
-        let good = format!(
-            "sha-256=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data))
-        );
-        let r = c
-            .complete(c.req(Method::POST, "/files"), false)
-            .header("upload-length", data.len().to_string())
-            .header("repr-digest", &good)
-            .body(data[..1000].to_vec())
-            .send()
-            .await
-            .unwrap();
-        let url = location(&r, &s.base());
-        let r = c.append(&url, 1000, data[1000..].to_vec(), true).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        // the same bytes, one flipped, under the same digest: the upload fails and is removed
-        let mut bad = data.clone();
-        bad[12345] ^= 1;
-        let r = c
-            .complete(c.req(Method::POST, "/files"), true)
-            .header("repr-digest", &good)
-            .body(bad)
-            .send()
-            .await
-            .unwrap();
-        let url = location(&r, &s.base());
-        let (st, body, _) = problem(r).await;
-        assert_eq!(st, 400);
-        assert!(
-            body["detail"].as_str().unwrap().contains("Repr-Digest"),
-            "{body}"
-        );
-        let r = c.req(Method::HEAD, &url).send().await.unwrap();
-        assert_eq!(r.status(), 404, "the failed upload is gone");
-        s.stop().await;
+    // on S3, 11 MiB is two parts and a tail, read back before the object is assembled
+    let s3 = std::sync::Arc::new(common::testing::S3Server::start());
+    for (backend, len) in [(Backend::Local, 300_000), (Backend::S3(s3), 11 << 20)] {
+        for pg in support::databases().await {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Server::start_with(dir.path(), &backend, pg.as_ref()).await;
+            let c = Rufh::new(&s, "alice", Some(8));
+            let data = support::data(len, 4);
+            let good = format!(
+                "sha-256=:{}:",
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&data))
+            );
+            let r = c
+                .complete(c.req(Method::POST, "/files"), false)
+                .header("upload-length", data.len().to_string())
+                .header("repr-digest", &good)
+                .body(data[..1000].to_vec())
+                .send()
+                .await
+                .unwrap();
+            let url = location(&r, &s.base());
+            let r = c.append(&url, 1000, data[1000..].to_vec(), true).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(
+                support::stored_sha256(&s, &url).await,
+                support::sha256(&data)
+            );
+            // the same bytes, one flipped, under the same digest: the upload fails and is removed
+            let mut bad = data.clone();
+            bad[12345] ^= 1;
+            let r = c
+                .complete(c.req(Method::POST, "/files"), true)
+                .header("repr-digest", &good)
+                .body(bad)
+                .send()
+                .await
+                .unwrap();
+            let url = location(&r, &s.base());
+            let (st, body, _) = problem(r).await;
+            assert_eq!(st, 400);
+            assert!(
+                body["detail"].as_str().unwrap().contains("Repr-Digest"),
+                "{body}"
+            );
+            let r = c.req(Method::HEAD, &url).send().await.unwrap();
+            assert_eq!(r.status(), 404, "the failed upload is gone");
+            s.stop().await;
+        }
     }
 }
 

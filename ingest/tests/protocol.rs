@@ -603,3 +603,95 @@ async fn s3_killed_mid_upload_loses_no_acknowledged_byte() {
         s.stop().await;
     }
 }
+
+/// On S3 the last PATCH is answered before the object is assembled: until the queued assembly
+/// has run the upload is read from its part and tail objects, and an assembly that meets a
+/// dead S3 server retries until it finishes, then removes the pieces.
+#[tokio::test]
+async fn s3_complete_upload_reads_from_its_pieces_until_the_queued_assembly_finishes() {
+    use common::store::{Growing as _, Key};
+    for pg in support::databases().await {
+        let s3 = std::sync::Arc::new(common::testing::S3Server::start());
+        let backend = Backend::S3(s3.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let s = Server::start_unassembled(dir.path(), &backend, pg.as_ref()).await;
+        let t = Tus::new(&s, "alice");
+        // two 5 MiB parts and a 2 MiB tail
+        let data = support::data(12 << 20, 21);
+        let path = t.create(data.len() as u64).await;
+        let r = t.patch(&path, 0, data.clone()).await;
+        assert_eq!(r.status(), 204, "{:?}", r.text().await);
+        let id = path.rsplit('/').next().unwrap().to_string();
+        let key = Key::new(format!("uploads/{id}")).unwrap();
+
+        // complete, transcode queued, the object not yet there: the pieces are the upload
+        let up = ingest::record::get(&s.db, &id).await.unwrap().unwrap();
+        assert!(up.complete);
+        assert!(matches!(
+            s.store.head(&key).await,
+            Err(common::store::Error::NotFound(_))
+        ));
+        let extent = ingest::record::Sources::new(s.db.clone(), s.store.clone())
+            .extent(&key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(extent.complete && extent.durable == data.len() as u64);
+        assert_eq!(extent.pieces.len(), 3, "{:?}", extent.pieces);
+        let mut read = Vec::new();
+        for p in &extent.pieces {
+            let b = s.store.get_bytes(&p.key, 1 << 30).await.unwrap();
+            read.extend_from_slice(&b[..p.size as usize]);
+        }
+        assert_eq!(support::sha256(&read), support::sha256(&data));
+        let job = s.queue.find(&format!("assemble:{id}")).await.unwrap();
+        assert_eq!(job.map(|j| j.state).as_deref(), Some("queued"));
+        s.stop().await;
+
+        // a worker starts while S3 is down: its attempts fail and are retried
+        s3.kill();
+        let s = Server::start_with(dir.path(), &backend, pg.as_ref()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let j = s
+                .queue
+                .find(&format!("assemble:{id}"))
+                .await
+                .unwrap()
+                .unwrap();
+            if j.attempts >= 1 && j.last_error.is_some() {
+                assert_eq!(j.state, "queued", "a failed attempt is retried: {j:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no attempt: {j:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s3.restart();
+        assert_eq!(
+            support::stored_sha256(&s, &path).await,
+            support::sha256(&data)
+        );
+        // the pieces go once the assembly is recorded; readers are sent to the object
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !s
+            .store
+            .list(&ingest::record::pieces_prefix(&id))
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(std::time::Instant::now() < deadline, "pieces left behind");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let extent = ingest::record::Sources::new(s.db.clone(), s.store.clone())
+            .extent(&key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(extent.pieces.len(), 1);
+        assert_eq!(extent.pieces[0].key, key);
+        let job = s.queue.find(&format!("assemble:{id}")).await.unwrap();
+        assert_eq!(job.map(|j| j.state).as_deref(), Some("done"));
+        s.stop().await;
+    }
+}

@@ -214,7 +214,8 @@ impl Services {
             self.config.packager.clone(),
             Some(tm),
         );
-        // Separate pools: a long transcode never holds up a session's summary.
+        // Separate pools: a long transcode never holds up a session's summary, nor the
+        // assembly of an upload's S3 parts (which the transcode does not wait for).
         let transcoding = common::queue::run_workers(
             self.queue.clone(),
             vec![transcode::job::handler(transcoder)],
@@ -230,11 +231,22 @@ impl Services {
             ))],
             1,
             "summary",
+            Some(qm.clone()),
+            shutdown.clone(),
+        );
+        let assembling = common::queue::run_workers(
+            self.queue.clone(),
+            vec![ingest::assemble::handler(
+                self.db.clone(),
+                self.store.clone(),
+            )],
+            1,
+            "uploads",
             Some(qm),
             shutdown,
         );
         tokio::spawn(async move {
-            tokio::join!(transcoding, summaries);
+            tokio::join!(transcoding, summaries, assembling);
         })
     }
 }

@@ -254,12 +254,15 @@ impl Transcoder {
         allow_remux: bool,
     ) -> Result<(), Outcome> {
         let complete_at_start = extent.complete;
+        // A complete upload may still be in its pieces (S3 parts not yet assembled): the pieces
+        // go once the object is assembled, and the reader then asks for the extent again.
+        let whole = extent.pieces.len() == 1 && extent.pieces[0].key == *key;
         let work = ctx.cancel.child_token();
         let reader = Reader::open(
             self.store.clone(),
             key.clone(),
             extent,
-            (!complete_at_start).then(|| self.growing.clone()),
+            (!complete_at_start || !whole).then(|| self.growing.clone()),
             Some(self.db.clone()),
             self.policy(),
             work.clone(),

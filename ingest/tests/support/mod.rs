@@ -69,6 +69,26 @@ impl Server {
             "127.0.0.1:0".parse().unwrap(),
             config(),
             pg.map(|p| p.url.clone()),
+            true,
+        )
+        .await
+    }
+
+    /// As [`Server::start_with`], without the queue worker that assembles complete S3 uploads
+    /// (they stay in their part and tail objects until a server with one runs).
+    pub async fn start_unassembled(
+        dir: &Path,
+        backend: &Backend,
+        pg: Option<&common::testing::PgTestDb>,
+    ) -> Server {
+        Self::start_full(
+            dir,
+            backend,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            config(),
+            pg.map(|p| p.url.clone()),
+            false,
         )
         .await
     }
@@ -80,7 +100,7 @@ impl Server {
         quic: SocketAddr,
         cfg: ingest::Config,
     ) -> Server {
-        Self::start_full(dir, backend, http, quic, cfg, None).await
+        Self::start_full(dir, backend, http, quic, cfg, None, true).await
     }
 
     async fn start_full(
@@ -90,6 +110,7 @@ impl Server {
         quic: SocketAddr,
         cfg: ingest::Config,
         db_url: Option<String>,
+        assembler: bool,
     ) -> Server {
         let url = db_url.unwrap_or_else(|| format!("sqlite://{}", dir.join("m.db").display()));
         let db = Db::connect(&url, 4).await.unwrap();
@@ -146,7 +167,7 @@ impl Server {
         );
         let shutdown = CancellationToken::new();
         let grace = Duration::from_millis(500);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(common::server::serve_http(
                 listener,
                 router.clone(),
@@ -160,6 +181,20 @@ impl Server {
                 grace,
             )),
         ];
+        if assembler {
+            let workers = common::queue::run_workers(
+                queue.clone(),
+                vec![ingest::assemble::handler(db.clone(), store.clone())],
+                1,
+                "uploads",
+                None,
+                shutdown.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                workers.await;
+                Ok(())
+            }));
+        }
         Server {
             http,
             quic,
@@ -219,16 +254,23 @@ pub fn sha256(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// The stored source object of the upload at `url`, hashed.
+/// The stored source object of the upload at `url`, hashed (on S3, once the queue worker has
+/// assembled it from its parts).
 pub async fn stored_sha256(s: &Server, url: &str) -> String {
     let id = url.rsplit('/').next().unwrap();
-    let bytes = s
-        .store
-        .get_bytes(
-            &common::store::Key::new(format!("uploads/{id}")).unwrap(),
-            1 << 30,
-        )
-        .await
-        .unwrap();
-    sha256(&bytes)
+    let key = common::store::Key::new(format!("uploads/{id}")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let assembled = ingest::record::parts(&s.db, id).await.unwrap().is_empty();
+        match s.store.get_bytes(&key, 1 << 30).await {
+            Ok(bytes) if assembled => return sha256(&bytes),
+            Ok(_) | Err(common::store::Error::NotFound(_))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("reading {key}: {e}"),
+            Ok(_) => panic!("upload {id} still not assembled after 60 s"),
+        }
+    }
 }
