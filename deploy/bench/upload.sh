@@ -113,12 +113,14 @@ for store in $stores; do
     server_pid=$!
     want=$((runs * 3))
     for _ in $(seq 1200); do
-      [ "$(grep -c 'upload assembled' "$work/srv/worker.log" 2>/dev/null)" -ge "$want" ] && break
+      [ "$(grep -c 'upload assembled' "$work/srv/worker.log" 2>/dev/null || true)" -ge "$want" ] 2>/dev/null && break
       sleep 0.25
     done
-    grep -o 'ms=[0-9]*' "$work/srv/worker.log" | cut -d= -f2 | awk '{print $1 / 1000}' > "$work/lo.s3.assemble"
+    # (text or JSON log lines, maybe coloured: `ms=123` or `"ms":123`)
+    { grep 'upload assembled' "$work/srv/worker.log" || true; } | sed 's/\x1b\[[0-9;]*m//g' | grep -oE '\bms"?[=:][0-9]+' \
+      | grep -oE '[0-9]+$' | awk '{print $1 / 1000}' > "$work/lo.s3.assemble" || true
     stop_server
-    [ "$(wc -l < "$work/lo.s3.assemble")" -ge "$want" ] || { echo "only $(wc -l < "$work/lo.s3.assemble") of $want assemblies finished" >&2; tail -5 "$work/srv/worker.log" >&2; }
+    [ "$(wc -l < "$work/lo.s3.assemble")" -ge "$want" ] || { echo "only $(wc -l < "$work/lo.s3.assemble") of $want assemblies finished" >&2; tail -3 "$work/srv/worker.log" >&2; }
     stop_s3
   fi
 done
