@@ -7,7 +7,8 @@
 #    the S3 store on a real S3-compatible server (s3s-fs on loopback, serving a directory on
 #    the same disk). MB/s and ratios, medians of RUNS runs. On S3 the timed upload ends at
 #    the last PATCH's answer; the assembly of each object from its parts runs afterwards as a
-#    queue job, timed separately on a worker started for it.
+#    queue job, timed separately on a worker started for it. One more row puts the file
+#    straight into the S3 server with curl: what the S3 server itself can take in here.
 # 2. Lossy link: a 20 MiB file from one network namespace to another across deploy/bench/
 #    lossylink.py (user-space link emulation: this kernel has no netem), default 60 ms RTT,
 #    2% loss each way, 100 Mbit/s. Time of HTTP/1.1 over TCP with CUBIC and with BBR (the
@@ -83,6 +84,13 @@ curl_upload() { # NS URL FILE
     -H "Upload-Offset: 0" -H "Content-Type: application/offset+octet-stream" "$loc"
 }
 
+# s3_put FILE NAME: one plain PUT of FILE straight into the S3 server (SigV4 by curl), the
+# ceiling of what the S3 server itself takes in on this machine
+s3_put() {
+  curl -s -f -o /dev/null -T "$1" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" --aws-sigv4 "aws:amz:us-east-1:s3" --user bench:bench-secret \
+    "http://127.0.0.1:19000/bench/ceiling/$2"
+}
+
 ours() { # NS SERVER_URL PROTOCOL_FLAG... FILE
   local ns=$1 server=$2; shift 2
   (cd "$work/srv" && env $(clean_env) MOMENTS_QUIC_CONGESTION="${CC:-cubic}" RUST_LOG=${CLIENT_LOG:-warn} $ns "$bin" upload --quiet \
@@ -102,6 +110,7 @@ for store in $stores; do
     secs curl_upload "" http://127.0.0.1:18080 "$work/big.bin" >> "$work/lo.$store.curl"
     secs ours "" http://127.0.0.1:18080 --http "$work/big.bin" >> "$work/lo.$store.h1"
     secs ours "" https://127.0.0.1:14433 "$work/big.bin" >> "$work/lo.$store.h3"
+    [ "$store" = s3 ] && secs s3_put "$work/big.bin" "$i" >> "$work/lo.s3.ceiling"
   done
   stop_server
   if [ "$store" = s3 ]; then
@@ -170,6 +179,13 @@ for store in $stores; do
     printf "%-52s %9.2f %9s %9.2f %9.2f\n" "$name, $store" "$t" "$(mb "$t" 209715200)" "$(echo "$c / $t" | bc -l)" "$vs_local"
   done
 done
+if [ -s "$work/lo.s3.ceiling" ]; then
+  t=$(median < "$work/lo.s3.ceiling")
+  if [ -f "$work/lo.local.curl" ]; then
+    vs_local=$(echo "$(median < "$work/lo.local.curl") / $t" | bc -l)
+  else vs_local=nan; fi
+  printf "%-52s %9.2f %9s %9s %9.2f\n" "curl PUT straight to the S3 server (its ceiling)" "$t" "$(mb "$t" 209715200)" "" "$vs_local"
+fi
 if [ -s "$work/lo.s3.assemble" ]; then
   printf "S3 assembly afterwards (queue job on a worker, off the request path): median %.2f s of %d\n" \
     "$(median < "$work/lo.s3.assemble")" "$(wc -l < "$work/lo.s3.assemble")"
