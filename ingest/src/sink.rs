@@ -116,22 +116,7 @@ impl Writer {
         let mut buf = BytesMut::with_capacity(part_size as usize);
         let parts_bytes = up.received - up.tail_size;
         if up.tail_size > 0 {
-            let tail = store
-                .get_bytes(&Key::new(record::tail_key(&up.id, parts_bytes))?, part_size)
-                .await?;
-            // A request that stored a longer tail but lost its commit leaves more bytes than are
-            // durable; they start with the same durable bytes, which are all we keep.
-            if (tail.len() as u64) < up.tail_size {
-                return Err(Error::Store(common::store::Error::Io(
-                    std::io::Error::other(format!(
-                        "tail object of upload {} has {} bytes, expected {}",
-                        up.id,
-                        tail.len(),
-                        up.tail_size
-                    )),
-                )));
-            }
-            buf.extend_from_slice(&tail[..up.tail_size as usize]);
+            buf.extend_from_slice(&durable_tail(store, up).await?);
         }
         Ok(Writer::S3(S3Writer {
             store: store.clone(),
@@ -411,6 +396,32 @@ impl Drop for S3Writer {
     }
 }
 
+/// The durable bytes of `up`'s tail object (`tail_size` bytes after its stored parts). A
+/// request that stored a longer tail but lost its commit left more bytes than are durable; they
+/// start with the same durable bytes, which are all that is read.
+async fn durable_tail(store: &Store, up: &Upload) -> Result<Bytes, Error> {
+    use futures::TryStreamExt;
+    let base = up.received - up.tail_size;
+    let range = common::store::ByteRange::Between(0, up.tail_size - 1);
+    let body = store
+        .get(&Key::new(record::tail_key(&up.id, base))?, Some(range))
+        .await?
+        .body;
+    let chunks: Vec<Bytes> = body.try_collect().await?;
+    let tail = Bytes::from(chunks.concat());
+    if (tail.len() as u64) < up.tail_size {
+        return Err(Error::Store(common::store::Error::Io(
+            std::io::Error::other(format!(
+                "tail object of upload {} has {} bytes, expected {}",
+                up.id,
+                tail.len(),
+                up.tail_size
+            )),
+        )));
+    }
+    Ok(tail.slice(..up.tail_size as usize))
+}
+
 /// Assembles a complete S3 upload's object from its committed parts (copied inside S3) and
 /// its tail (the last part, at most one part's size through this process). Safe to run again:
 /// a run that died half-way left a multipart upload behind, which is abandoned.
@@ -452,21 +463,7 @@ pub async fn assemble(store: &Store, db: &Db, up: &Upload) -> Result<(), Error> 
         .into_iter()
         .collect::<Result<_, _>>()?;
     if up.tail_size > 0 {
-        let base = up.length - up.tail_size;
-        let tail = store
-            .get_bytes(&Key::new(record::tail_key(&up.id, base))?, up.tail_size)
-            .await?;
-        if (tail.len() as u64) < up.tail_size {
-            return Err(Error::Store(common::store::Error::Io(
-                std::io::Error::other(format!(
-                    "tail object of upload {} has {} bytes, expected {}",
-                    up.id,
-                    tail.len(),
-                    up.tail_size
-                )),
-            )));
-        }
-        let tail = tail.slice(..up.tail_size as usize);
+        let tail = durable_tail(store, up).await?;
         parts.push(
             mp.upload_part(&key, &upload_id, parts.len() as i32 + 1, tail)
                 .await?,

@@ -62,16 +62,7 @@ impl Server {
         backend: &Backend,
         pg: Option<&common::testing::PgTestDb>,
     ) -> Server {
-        Self::start_full(
-            dir,
-            backend,
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-            config(),
-            pg.map(|p| p.url.clone()),
-            true,
-        )
-        .await
+        Self::start_on(dir, backend, pg, true).await
     }
 
     /// As [`Server::start_with`], without the queue worker that assembles complete S3 uploads
@@ -81,6 +72,15 @@ impl Server {
         backend: &Backend,
         pg: Option<&common::testing::PgTestDb>,
     ) -> Server {
+        Self::start_on(dir, backend, pg, false).await
+    }
+
+    async fn start_on(
+        dir: &Path,
+        backend: &Backend,
+        pg: Option<&common::testing::PgTestDb>,
+        assembler: bool,
+    ) -> Server {
         Self::start_full(
             dir,
             backend,
@@ -88,7 +88,7 @@ impl Server {
             "127.0.0.1:0".parse().unwrap(),
             config(),
             pg.map(|p| p.url.clone()),
-            false,
+            assembler,
         )
         .await
     }
