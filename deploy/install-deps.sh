@@ -20,6 +20,8 @@ pkgs=(
   libespeak-ng-dev espeak-ng libpocketsphinx-dev pocketsphinx-en-us
   # test helpers
   python3-pip python3-venv curl ca-certificates iproute2 unzip
+  # a real NATS server (JetStream) for the message-bus tests, which start their own
+  nats-server
 )
 
 for arg in "$@"; do

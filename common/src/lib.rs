@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 mod fsutil;
 pub mod h3client;
 pub mod ids;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::db::{Change, Db, Error};
+use crate::events::{self, Payload};
 use crate::ids::now_ms;
 
 /// Where a moment is in its life.
@@ -192,43 +193,142 @@ pub async fn get_for_user(db: &Db, id: &str, user_id: &str) -> Result<Option<Mom
 }
 
 /// Moves a moment to `state` (with `error` for failures). Returns false when no row changed,
-/// which includes trying to move a moment that is already final.
+/// which includes trying to move a moment that is already final. A real change to
+/// `transcoding` or `failed` writes its event (`moment.transcoding`, `moment.failed`) in the
+/// same transaction; setting the state a moment already has writes none.
 pub async fn set_state(
     db: &Db,
     id: &str,
     state: State,
     error: Option<&str>,
 ) -> Result<bool, Error> {
-    let done = sqlx::query(
-        "UPDATE moments SET state = $1, error = $2, updated_at = $3, \
-         progress = CASE WHEN $1 = 'ready' THEN 1 \
-                         WHEN $1 IN ('queued', 'uploading') THEN 0 ELSE progress END \
-         WHERE id = $4 AND state NOT IN ('ready', 'failed')",
-    )
-    .bind(state.as_str())
-    .bind(error)
-    .bind(now_ms())
-    .bind(id)
-    .execute(db.pool())
-    .await?;
+    let update = |same: bool| {
+        let sql = if same {
+            "UPDATE moments SET state = $1, error = $2, updated_at = $3, \
+             progress = CASE WHEN $1 = 'ready' THEN 1 \
+                             WHEN $1 IN ('queued', 'uploading') THEN 0 ELSE progress END \
+             WHERE id = $4 AND state NOT IN ('ready', 'failed') AND state = $1 RETURNING user_id"
+        } else {
+            "UPDATE moments SET state = $1, error = $2, updated_at = $3, \
+             progress = CASE WHEN $1 = 'ready' THEN 1 \
+                             WHEN $1 IN ('queued', 'uploading') THEN 0 ELSE progress END \
+             WHERE id = $4 AND state NOT IN ('ready', 'failed') AND state <> $1 RETURNING user_id"
+        };
+        sqlx::query(sql)
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+    };
+    let mut tx = db.pool().begin().await?;
+    // the write comes first, so SQLite takes its write lock before anything is read
+    let changed = update(false).fetch_optional(&mut *tx).await?;
+    let mut emitted = false;
+    let done = match changed {
+        Some(row) => {
+            let user_id: String = row.try_get("user_id")?;
+            let payload = match state {
+                State::Transcoding => Some(Payload::MomentTranscoding(events::MomentRef {
+                    moment_id: id.to_string(),
+                    user_id,
+                })),
+                State::Failed => Some(Payload::MomentFailed(events::MomentFailed {
+                    moment_id: id.to_string(),
+                    user_id,
+                    reason: error.unwrap_or("failed").to_string(),
+                })),
+                _ => None,
+            };
+            if let Some(p) = payload {
+                events::emit_on(&mut tx, p).await?;
+                emitted = true;
+            }
+            true
+        }
+        None => update(true).fetch_optional(&mut *tx).await?.is_some(),
+    };
+    tx.commit().await?;
     db.notify(Change::Moment(id.to_string()));
-    Ok(done.rows_affected() > 0)
+    if emitted {
+        db.notify(Change::Events);
+    }
+    Ok(done)
 }
 
-/// Marks a moment ready with what was published (a JSON object written by the packager).
-/// False when the moment was already final (a second completion publishes nothing new).
-pub async fn set_ready(db: &Db, id: &str, published: &serde_json::Value) -> Result<bool, Error> {
-    let done = sqlx::query(
+/// Marks a moment ready with what was published (a JSON object written by the packager), and
+/// writes `moment.ready` in the same transaction (URLs under `public_base` when set, else
+/// paths on the service's own origin). False when the moment was already final (a second
+/// completion publishes nothing new, and reports nothing).
+pub async fn set_ready(
+    db: &Db,
+    id: &str,
+    published: &serde_json::Value,
+    public_base: Option<&str>,
+) -> Result<bool, Error> {
+    let mut tx = db.pool().begin().await?;
+    let row = sqlx::query(
         "UPDATE moments SET state = 'ready', progress = 1, error = NULL, renditions = $1, \
-         updated_at = $2 WHERE id = $3 AND state NOT IN ('ready', 'failed')",
+         updated_at = $2 WHERE id = $3 AND state NOT IN ('ready', 'failed') RETURNING user_id",
     )
     .bind(published.to_string())
     .bind(now_ms())
     .bind(id)
-    .execute(db.pool())
+    .fetch_optional(&mut *tx)
     .await?;
+    let done = row.is_some();
+    if let Some(row) = row {
+        let user_id: String = row.try_get("user_id")?;
+        events::emit_on(&mut tx, ready_event(id, &user_id, published, public_base)).await?;
+    }
+    tx.commit().await?;
     db.notify(Change::Moment(id.to_string()));
-    Ok(done.rows_affected() > 0)
+    if done {
+        db.notify(Change::Events);
+    }
+    Ok(done)
+}
+
+/// `moment.ready` from the packager's record.
+fn ready_event(
+    id: &str,
+    user_id: &str,
+    published: &serde_json::Value,
+    public_base: Option<&str>,
+) -> Payload {
+    let url = |key: &str| match public_base {
+        Some(base) => format!("{}/{key}", base.trim_end_matches('/')),
+        None => format!("/{key}"),
+    };
+    let master = published
+        .get("master_key")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("hls/{id}/master.m3u8"));
+    let renditions = published
+        .get("renditions")
+        .and_then(|r| r.as_array())
+        .map(|list| {
+            list.iter()
+                .map(|r| events::Rendition {
+                    name: r["name"].as_str().unwrap_or_default().to_string(),
+                    width: r["width"].as_u64().unwrap_or(0) as u32,
+                    height: r["height"].as_u64().unwrap_or(0) as u32,
+                    bandwidth: r["bandwidth"].as_u64().unwrap_or(0),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Payload::MomentReady(events::MomentReady {
+        moment_id: id.to_string(),
+        user_id: user_id.to_string(),
+        master_url: url(&master),
+        renditions,
+        poster_url: published
+            .get("poster_key")
+            .and_then(|v| v.as_str())
+            .map(url),
+        duration: published.get("duration").and_then(|v| v.as_f64()),
+    })
 }
 
 /// The job kind that turns an uploaded moment into its ladder.

@@ -524,7 +524,7 @@ pub(crate) async fn terminate_core(s: &IngestState, id: &str, user: &str) -> Res
     {
         return internal(e);
     }
-    if let Err(e) = record::delete(&s.db, &up).await {
+    if let Err(e) = record::delete(&s.db, &up, record::Removal::Terminated).await {
         return internal(e);
     }
     tracing::info!(upload = %id, "upload terminated");
@@ -851,7 +851,7 @@ async fn write_locked(
                     // The representation is not what the client meant to send: the upload
                     // failed as a whole (draft §Representation Digests); nothing is processed.
                     let _ = sink::remove(&s.store, &now).await;
-                    let _ = record::delete(&s.db, &now).await;
+                    let _ = record::delete(&s.db, &now, record::Removal::DigestMismatch).await;
                     return Err(api_error(
                         StatusCode::BAD_REQUEST,
                         "repr_digest_mismatch",
@@ -903,7 +903,7 @@ pub async fn sweep_expired(s: IngestState, shutdown: CancellationToken) {
                         tracing::warn!(upload = %up.id, error = %e, "could not free an expired upload");
                         continue;
                     }
-                    if let Err(e) = record::delete(&s.db, &up).await {
+                    if let Err(e) = record::delete(&s.db, &up, record::Removal::Expired).await {
                         tracing::warn!(upload = %up.id, error = %e, "could not delete an expired upload");
                     } else {
                         tracing::info!(upload = %up.id, "expired upload removed");

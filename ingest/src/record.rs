@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use common::db::{Change, Db, Error};
+use common::events::{self, Payload};
 use common::ids::now_ms;
 use common::moment::{self, State};
 use common::queue::{self, Priority, Queue};
@@ -115,7 +116,32 @@ pub async fn create(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    let metadata = crate::tus::parse_metadata(metadata)
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        v.map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    events::emit_on(
+        &mut tx,
+        Payload::UploadCreated(events::UploadCreated {
+            upload_id: id.to_string(),
+            moment_id: moment_id.to_string(),
+            user_id: user.to_string(),
+            length,
+            metadata,
+        }),
+    )
+    .await?;
     tx.commit().await?;
+    db.notify(Change::Events);
     Ok(())
 }
 
@@ -388,7 +414,7 @@ pub async fn complete(
     } else {
         State::Queued
     };
-    sqlx::query(
+    let moved = sqlx::query(
         "UPDATE moments SET state = $1, progress = 0, updated_at = $2 WHERE id = $3 AND state = 'uploading'",
     )
     .bind(state.as_str())
@@ -396,6 +422,27 @@ pub async fn complete(
     .bind(&up.moment_id)
     .execute(&mut *tx)
     .await?;
+    events::emit_on(
+        &mut tx,
+        Payload::UploadCompleted(events::UploadCompleted {
+            upload_id: up.id.clone(),
+            moment_id: up.moment_id.clone(),
+            user_id: up.user_id.clone(),
+            length: up.length,
+        }),
+    )
+    .await?;
+    if state == State::Transcoding && moved.rows_affected() == 1 {
+        // the worker already on the growing upload is now making the whole ladder
+        events::emit_on(
+            &mut tx,
+            Payload::MomentTranscoding(events::MomentRef {
+                moment_id: up.moment_id.clone(),
+                user_id: up.user_id.clone(),
+            }),
+        )
+        .await?;
+    }
     if pieces {
         queue::enqueue_on(&mut tx, queue.config(), &assemble_job(&up.id)).await?;
     } else {
@@ -408,6 +455,7 @@ pub async fn complete(
     queue.notify();
     db.notify(Change::Object(source_key(&up.id)));
     db.notify(Change::Moment(up.moment_id.clone()));
+    db.notify(Change::Events);
     Ok(true)
 }
 
@@ -433,9 +481,32 @@ pub async fn assembled(db: &Db, id: &str) -> Result<bool, Error> {
     Ok(r.rows_affected() == 1)
 }
 
+/// Why an upload is removed (what its events say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The client terminated it (`DELETE /files/{id}`).
+    Terminated,
+    /// Its expiry passed before the last byte.
+    Expired,
+    /// Its bytes did not match the `Repr-Digest` the client sent.
+    DigestMismatch,
+}
+
+impl Removal {
+    fn reason(self) -> &'static str {
+        match self {
+            Removal::Terminated => "upload terminated",
+            Removal::Expired => "upload expired",
+            Removal::DigestMismatch => "upload digest mismatch",
+        }
+    }
+}
+
 /// Removes an upload (termination or expiry) and its moment, if it never completed, with a
 /// transcode still waiting for it (one running on the growing upload sees it gone and stops).
-pub async fn delete(db: &Db, up: &Upload) -> Result<(), Error> {
+/// Writes `upload.expired` for an expiry and `moment.deleted` when the moment went, in the same
+/// transaction.
+pub async fn delete(db: &Db, up: &Upload, why: Removal) -> Result<(), Error> {
     let mut tx = db.pool().begin().await?;
     if !up.complete {
         queue::withdraw_on(&mut tx, &moment::transcode_key(&up.moment_id)).await?;
@@ -444,19 +515,49 @@ pub async fn delete(db: &Db, up: &Upload) -> Result<(), Error> {
         .bind(&up.id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM uploads WHERE id = $1")
+    let gone = sqlx::query("DELETE FROM uploads WHERE id = $1")
         .bind(&up.id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+        == 1;
+    let mut moment_gone = false;
     if !up.complete {
-        sqlx::query("DELETE FROM moments WHERE id = $1 AND state = 'uploading'")
+        moment_gone = sqlx::query("DELETE FROM moments WHERE id = $1 AND state = 'uploading'")
             .bind(&up.moment_id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+            == 1;
+    }
+    if gone && why == Removal::Expired {
+        events::emit_on(
+            &mut tx,
+            Payload::UploadExpired(events::UploadExpired {
+                upload_id: up.id.clone(),
+                moment_id: up.moment_id.clone(),
+                user_id: up.user_id.clone(),
+                received: up.received,
+                length: up.length,
+            }),
+        )
+        .await?;
+    }
+    if moment_gone {
+        events::emit_on(
+            &mut tx,
+            Payload::MomentDeleted(events::MomentDeleted {
+                moment_id: up.moment_id.clone(),
+                user_id: up.user_id.clone(),
+                reason: why.reason().to_string(),
+            }),
+        )
+        .await?;
     }
     tx.commit().await?;
     db.notify(Change::Object(source_key(&up.id)));
     db.notify(Change::Moment(up.moment_id.clone()));
+    db.notify(Change::Events);
     Ok(())
 }
 

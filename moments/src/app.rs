@@ -93,6 +93,10 @@ impl Services {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
+        config
+            .events
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let url = config.database_url();
         let db = Db::connect(&url, config.database.max_connections).await?;
         let store = common::store::open(&config.storage, &config.data_dir).await?;
@@ -188,6 +192,13 @@ impl Services {
                     voice: self.voice.clone(),
                     auth: self.auth.clone(),
                 }))
+                .merge(common::events::admin::router(
+                    common::events::admin::AdminState {
+                        db: self.db.clone(),
+                        auth: self.auth.clone(),
+                        admins: Arc::new(self.config.events.admins.clone()),
+                    },
+                ))
                 .merge(crate::web::router(crate::web::WebState {
                     node_modules: self.config.web.node_modules.clone(),
                     dev_key: self.dev_key.clone(),
@@ -200,7 +211,10 @@ impl Services {
     }
 
     /// Runs the queue workers until `shutdown`.
-    pub fn spawn_workers(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub async fn spawn_workers(
+        &self,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         let qm = QueueMetrics::register(&self.metrics);
         let tm = transcode::job::TranscodeMetrics::register(&self.metrics);
         let transcoder = transcode::job::Transcoder::new(
@@ -242,12 +256,36 @@ impl Services {
             )],
             1,
             "uploads",
+            Some(qm.clone()),
+            shutdown.clone(),
+        );
+        // The events relay: one job for the whole deployment, held by one worker at a time.
+        let events = &self.config.events;
+        let bus = common::events::bus::open(events)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(b) = &bus {
+            tracing::info!(bus = %b.describe(), "events are published to the bus");
+        }
+        let relay = common::events::relay::Relay::new(
+            self.db.clone(),
+            events.clone(),
+            bus,
+            Some(common::events::relay::EventMetrics::register(&self.metrics)),
+        )
+        .map_err(|e| anyhow::anyhow!("events: {e}"))?;
+        common::events::relay::ensure(&self.queue).await?;
+        let relaying = common::queue::run_workers(
+            self.queue.clone(),
+            vec![Arc::new(relay)],
+            1,
+            "events",
             Some(qm),
             shutdown,
         );
-        tokio::spawn(async move {
-            tokio::join!(transcoding, summaries, assembling);
-        })
+        Ok(tokio::spawn(async move {
+            tokio::join!(transcoding, summaries, assembling, relaying);
+        }))
     }
 }
 
@@ -332,9 +370,11 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         "moments is serving"
     );
 
-    let workers = roles
-        .contains(&Role::Worker)
-        .then(|| services.spawn_workers(shutdown.clone()));
+    let workers = if roles.contains(&Role::Worker) {
+        Some(services.spawn_workers(shutdown.clone()).await?)
+    } else {
+        None
+    };
     let http = tokio::spawn(common::server::serve_http(
         listener,
         router.clone(),

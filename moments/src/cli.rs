@@ -46,6 +46,9 @@ pub enum Command {
     /// --input) over QUIC, transcode, play the ladder with the player harness, run one voice
     /// Q&A round, print where everything is, then serve until Ctrl-C (or --exit).
     Demo(crate::demo::DemoArgs),
+    /// The events outbox: tail deliveries, list and replay dead letters, make a webhook
+    /// secret, print the events' JSON Schema.
+    Events(crate::events::EventsArgs),
 }
 
 /// `moments serve`.
@@ -143,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     // the demo tells its own story on stderr; the service's info lines would drown it
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Events(_) => "warn",
         _ => "info",
     };
     init_logging(&config, cli.log_format, default_filter);
@@ -159,6 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(args) => token(&config, &args),
         Command::Upload(args) => upload(&config, &args).await,
         Command::Demo(args) => crate::demo::run(config, args).await,
+        Command::Events(args) => crate::events::run(&config, args).await,
     }
 }
 

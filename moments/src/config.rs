@@ -80,6 +80,8 @@ pub struct Config {
     pub voice: asr_tts::Config,
     /// The web page.
     pub web: WebConfig,
+    /// Events for the rest of the app: webhooks and the message bus.
+    pub events: common::events::Config,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             packager: Default::default(),
             voice: Default::default(),
             web: Default::default(),
+            events: Default::default(),
         }
     }
 }
@@ -217,6 +220,12 @@ pub const ENV: &[EnvVar] = &[
         key: "web.node_modules",
         kind: Kind::Str,
         help: "the web page's npm packages (default: moments/web/node_modules of the build's source tree)",
+    },
+    EnvVar {
+        name: "MOMENTS_EVENTS_URL",
+        key: "events.url",
+        kind: Kind::Str,
+        help: "message bus for events: nats://HOST:PORT (NATS JetStream); unset: no bus",
     },
     EnvVar {
         name: "MOMENTS_LOG_FORMAT",

@@ -442,9 +442,14 @@ impl Transcoder {
         detail.encoded_s = Some((summary.decoded_seconds * 10.0).round() / 10.0);
         detail.received_s = detail.encoded_s;
         self.detail(id, 0.99, detail).await;
-        moment::set_ready(&self.db, id, &record)
-            .await
-            .map_err(|e| JobError::retry(e.to_string()))?;
+        moment::set_ready(
+            &self.db,
+            id,
+            &record,
+            self.packager.public_base_url.as_deref(),
+        )
+        .await
+        .map_err(|e| JobError::retry(e.to_string()))?;
         tracing::info!(
             moment = %id,
             rungs = published.renditions.len(),
