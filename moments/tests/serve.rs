@@ -253,6 +253,32 @@ fn unknown_config_key_and_bad_env_stop_start_up() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MOMENTS_HTTP_ADR"));
+
+    // a webhook secret of the wrong length, and a bus URL of another scheme, by name
+    std::fs::write(
+        dir.path().join("moments.toml"),
+        "[[events.webhooks]]\nname = \"crm\"\nurl = \"https://crm.example/h\"\nsecrets = [\"whsec_c2hvcnQ=\"]\n",
+    )
+    .unwrap();
+    let out = command(dir.path(), &http, &quic)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("events.webhooks[0] (\"crm\"): secret 1: decodes to 5 bytes"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("moments.toml")).unwrap();
+    let out = command(dir.path(), &http, &quic)
+        .env("MOMENTS_EVENTS_URL", "amqp://127.0.0.1:5672")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MOMENTS_EVENTS_URL"), "{err}");
 }
 
 #[test]

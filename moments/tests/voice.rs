@@ -137,7 +137,7 @@ async fn start(llm: Option<String>, tweak: impl FnOnce(&mut moments::Config)) ->
     moment::create(&s.db, &id, "alice", MomentState::Queued, None)
         .await
         .unwrap();
-    moment::set_ready(&s.db, &id, &json!({"duration": 12.0, "renditions": [{"name": "720p", "width": 720, "height": 1280}], "poster_key": format!("hls/{id}/poster.jpg")}))
+    moment::set_ready(&s.db, &id, &json!({"duration": 12.0, "renditions": [{"name": "720p", "width": 720, "height": 1280}], "poster_key": format!("hls/{id}/poster.jpg")}), None)
         .await
         .unwrap();
     let poster = dir.path().join("poster.jpg");

@@ -94,7 +94,13 @@ pub async fn spawn(
     std::fs::write(
         dir.join("moments.toml"),
         format!(
-            "[transcode]\nx264_preset = \"ultrafast\"\n\n[queue]\npoll_ms = 100\nbackoff_base_ms = 200\n\n{toml}"
+            "[transcode]\nx264_preset = \"ultrafast\"\n\n{}{toml}",
+            // the caller's own [queue] section replaces the fast test defaults
+            if toml.contains("[queue]") {
+                ""
+            } else {
+                "[queue]\npoll_ms = 100\nbackoff_base_ms = 200\n\n"
+            }
         ),
     )
     .unwrap();
