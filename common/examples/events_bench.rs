@@ -5,7 +5,10 @@
 //! event's commit to its receipt (p50, p99, max).
 //!
 //!   cargo run --release -p common --example events_bench -- [--db postgres|sqlite] \
-//!       [--events 5000] [--writers 8] [--subjects 500] [--concurrency 16]
+//!       [--events 5000] [--writers 8] [--subjects 500] [--concurrency 16] [--rate EVENTS_PER_S]
+//!
+//! Without `--rate` every writer writes as fast as it can (a burst: the delay is mostly the
+//! backlog's); with it the events come evenly at that rate (the delay a consumer sees).
 //!
 //! PostgreSQL: a fresh database on `MOMENTS_TEST_PG_URL` (default
 //! postgres://postgres@127.0.0.1:5432/test), dropped afterwards.
@@ -24,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() {
     let (mut backend, mut n, mut writers, mut subjects, mut concurrency) =
         ("postgres".to_string(), 5000usize, 8usize, 500usize, 16usize);
+    let mut rate: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().expect("a value after the flag");
@@ -33,6 +37,7 @@ async fn main() {
             "--writers" => writers = v().parse().expect("--writers N"),
             "--subjects" => subjects = v().parse().expect("--subjects N"),
             "--concurrency" => concurrency = v().parse().expect("--concurrency N"),
+            "--rate" => rate = Some(v().parse().expect("--rate EVENTS_PER_S")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -96,7 +101,15 @@ async fn main() {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = w;
+            let t0 = Instant::now();
             while i < n {
+                if let Some(r) = rate {
+                    // event i is due at i / rate seconds: an even load, not a burst
+                    let at = Duration::from_secs_f64(i as f64 / r);
+                    if let Some(wait) = at.checked_sub(t0.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
                 let mut tx = db.pool().begin().await.unwrap();
                 events::emit_on(
                     &mut tx,
@@ -145,7 +158,8 @@ async fn main() {
     delays.sort_unstable();
     let q = |p: f64| delays[((delays.len() as f64 - 1.0) * p).round() as usize];
     println!(
-        "backend={backend} events={n} writers={writers} subjects={subjects} concurrency={concurrency}"
+        "backend={backend} events={n} writers={writers} subjects={subjects} concurrency={concurrency} rate={}",
+        rate.map_or("burst".to_string(), |r| format!("{r}/s"))
     );
     println!(
         "written_per_s={:.0} delivered_per_s={:.0} delay_ms_p50={} delay_ms_p99={} delay_ms_max={}",

@@ -68,45 +68,102 @@ pub async fn fan_out(db: &Db, config: &Config, limit: i64) -> Result<usize, Erro
 /// Up to `limit` deliveries for `target` that may go now: pending, past their backoff, and
 /// with no earlier pending delivery of the same subject (so order per subject holds; a
 /// dead-lettered event does not hold up the ones after it).
+///
+/// Pending rows are read in fan-out order, in which each subject's rows come in `seq` order,
+/// so the first row of a subject in that order is its head. Picking the heads here rather than
+/// with an anti-join keeps the cost one index range per call whatever the planner knows (on a
+/// fresh PostgreSQL table without statistics the anti-join took 0.7–6 s for 5,000 rows).
 pub async fn due(db: &Db, target: &str, limit: i64) -> Result<Vec<Due>, Error> {
+    let window = (limit * 32).clamp(256, 4096);
     let rows = sqlx::query(
-        "SELECT d.event_id, d.attempts, e.type, e.body, e.created_at \
-         FROM event_deliveries d JOIN events e ON e.id = d.event_id \
-         WHERE d.target = $1 AND d.state = 'pending' AND d.next_at <= $2 \
-         AND NOT EXISTS (SELECT 1 FROM event_deliveries p WHERE p.target = d.target \
-             AND p.subject = d.subject AND p.state = 'pending' AND p.seq < d.seq) \
-         ORDER BY e.created_at, d.seq LIMIT $3",
+        "SELECT event_id, subject, attempts, next_at FROM event_deliveries \
+         WHERE target = $1 AND state = 'pending' ORDER BY created_at, seq LIMIT $2",
     )
     .bind(target)
-    .bind(now_ms())
-    .bind(limit)
+    .bind(window)
     .fetch_all(db.pool())
     .await?;
-    rows.iter()
+    let now = now_ms();
+    let mut subjects = std::collections::HashSet::new();
+    let mut heads: Vec<(String, u32)> = Vec::new();
+    for r in &rows {
+        let subject: String = r.try_get("subject")?;
+        if !subjects.insert(subject) {
+            continue;
+        }
+        if r.try_get::<i64, _>("next_at")? <= now {
+            heads.push((
+                r.try_get("event_id")?,
+                r.try_get::<i64, _>("attempts")? as u32,
+            ));
+            if heads.len() as i64 >= limit {
+                break;
+            }
+        }
+    }
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<String> = (0..heads.len()).map(|i| format!("${}", i + 1)).collect();
+    let sql = format!(
+        "SELECT id, type, body, created_at FROM events WHERE id IN ({})",
+        params.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (id, _) in &heads {
+        q = q.bind(id);
+    }
+    let mut bodies: std::collections::HashMap<String, (String, String, i64)> = q
+        .fetch_all(db.pool())
+        .await?
+        .iter()
         .map(|r| {
-            Ok(Due {
-                event_id: r.try_get("event_id")?,
-                kind: r.try_get("type")?,
-                body: r.try_get("body")?,
-                attempts: r.try_get::<i64, _>("attempts")? as u32,
-                created_at: r.try_get("created_at")?,
+            Ok((
+                r.try_get("id")?,
+                (
+                    r.try_get("type")?,
+                    r.try_get("body")?,
+                    r.try_get("created_at")?,
+                ),
+            ))
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok(heads
+        .into_iter()
+        .filter_map(|(event_id, attempts)| {
+            let (kind, body, created_at) = bodies.remove(&event_id)?;
+            Some(Due {
+                event_id,
+                kind,
+                body,
+                attempts,
+                created_at,
             })
         })
-        .collect()
+        .collect())
 }
 
-/// Records a successful delivery.
-pub async fn delivered(db: &Db, event_id: &str, target: &str) -> Result<(), Error> {
-    let now = now_ms();
-    sqlx::query(
+/// Records successful deliveries to `target`, in one statement (one commit per batch, not per
+/// event: a crash before it means these go again, which at-least-once allows).
+pub async fn delivered(db: &Db, target: &str, event_ids: &[String]) -> Result<(), Error> {
+    if event_ids.is_empty() {
+        return Ok(());
+    }
+    let params: Vec<String> = (0..event_ids.len())
+        .map(|i| format!("${}", i + 3))
+        .collect();
+    let sql = format!(
         "UPDATE event_deliveries SET state = 'done', attempts = attempts + 1, delivered_at = $1, \
-         last_error = NULL WHERE event_id = $2 AND target = $3 AND state = 'pending'",
-    )
-    .bind(now)
-    .bind(event_id)
-    .bind(target)
-    .execute(db.pool())
-    .await?;
+         last_error = NULL WHERE target = $2 AND state = 'pending' AND event_id IN ({})",
+        params.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now_ms())
+        .bind(target);
+    for id in event_ids {
+        q = q.bind(id);
+    }
+    q.execute(db.pool()).await?;
     Ok(())
 }
 

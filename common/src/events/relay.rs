@@ -259,16 +259,46 @@ impl Relay {
                 }
                 continue;
             }
-            // one delivery per subject at a time (the batch holds one head per subject)
-            futures::stream::iter(due)
-                .for_each_concurrent(self.config.concurrency.max(1), |d| async move {
-                    self.deliver(target, via, &d).await;
-                })
+            // one delivery per subject at a time (the batch holds one head per subject); the
+            // successes are recorded together
+            let done: Vec<outbox::Due> = futures::stream::iter(due)
+                .map(|d| async move { self.deliver(target, via, &d).await.then_some(d) })
+                .buffer_unordered(self.config.concurrency.max(1))
+                .filter_map(|d| async move { d })
+                .collect()
                 .await;
+            self.record_delivered(target, &done).await;
         }
     }
 
-    async fn deliver(&self, target: &str, via: &Via, d: &outbox::Due) {
+    /// Records a batch's successes (and their metrics).
+    async fn record_delivered(&self, target: &str, done: &[outbox::Due]) {
+        let ids: Vec<String> = done.iter().map(|d| d.event_id.clone()).collect();
+        if let Err(e) = outbox::delivered(&self.db, target, &ids).await {
+            // delivered but not recorded: they go again (at-least-once)
+            tracing::warn!(target, error = %e, "events: could not record deliveries");
+            return;
+        }
+        if let Some(m) = &self.metrics {
+            let now = crate::ids::now_ms();
+            for d in done {
+                m.delivered
+                    .get_or_create(&DeliveredLabels {
+                        target: target.to_string(),
+                        r#type: d.kind.clone(),
+                    })
+                    .inc();
+                m.delay
+                    .get_or_create(&TargetLabels {
+                        target: target.to_string(),
+                    })
+                    .observe((now - d.created_at).max(0) as f64 / 1000.0);
+            }
+        }
+    }
+
+    /// One attempt; true when delivered (recorded by the caller), failures recorded here.
+    async fn deliver(&self, target: &str, via: &Via, d: &outbox::Due) -> bool {
         let result = match via {
             Via::Webhook { name, sender } => match sender.send(&d.event_id, &d.body).await {
                 Outcome::Delivered => Ok(()),
@@ -277,55 +307,34 @@ impl Relay {
                     if let Err(e) = outbox::disable(&self.db, name, "answered 410 Gone").await {
                         tracing::warn!(error = %e, "events: could not disable the endpoint");
                     }
-                    return;
+                    return false;
                 }
                 Outcome::Failed(why) => Err(why),
             },
             Via::Bus(b) => b.publish(&d.event_id, &d.kind, &d.body).await,
         };
-        match result {
-            Ok(()) => {
-                if let Err(e) = outbox::delivered(&self.db, &d.event_id, target).await {
-                    // delivered but not recorded: it goes again (at-least-once)
-                    tracing::warn!(target, event = %d.event_id, error = %e, "events: could not record a delivery");
-                    return;
-                }
-                if let Some(m) = &self.metrics {
-                    m.delivered
-                        .get_or_create(&DeliveredLabels {
-                            target: target.to_string(),
-                            r#type: d.kind.clone(),
-                        })
-                        .inc();
-                    let delay = (crate::ids::now_ms() - d.created_at).max(0) as f64 / 1000.0;
-                    m.delay
-                        .get_or_create(&TargetLabels {
-                            target: target.to_string(),
-                        })
-                        .observe(delay);
-                }
+        let Err(why) = result else {
+            return true;
+        };
+        if let Some(m) = &self.metrics {
+            m.failures
+                .get_or_create(&TargetLabels {
+                    target: target.to_string(),
+                })
+                .inc();
+        }
+        match outbox::failed(&self.db, &self.config, d, target, &why).await {
+            Ok(true) => {
+                tracing::error!(target, event = %d.event_id, kind = %d.kind, error = %why, "event delivery dead-lettered after {} attempts", self.config.max_attempts)
             }
-            Err(why) => {
-                if let Some(m) = &self.metrics {
-                    m.failures
-                        .get_or_create(&TargetLabels {
-                            target: target.to_string(),
-                        })
-                        .inc();
-                }
-                match outbox::failed(&self.db, &self.config, d, target, &why).await {
-                    Ok(true) => {
-                        tracing::error!(target, event = %d.event_id, kind = %d.kind, error = %why, "event delivery dead-lettered after {} attempts", self.config.max_attempts)
-                    }
-                    Ok(false) => {
-                        tracing::warn!(target, event = %d.event_id, attempt = d.attempts + 1, error = %why, "event delivery failed; will retry")
-                    }
-                    Err(e) => {
-                        tracing::warn!(target, error = %e, "events: could not record a failed delivery")
-                    }
-                }
+            Ok(false) => {
+                tracing::warn!(target, event = %d.event_id, attempt = d.attempts + 1, error = %why, "event delivery failed; will retry")
+            }
+            Err(e) => {
+                tracing::warn!(target, error = %e, "events: could not record a failed delivery")
             }
         }
+        false
     }
 
     async fn housekeeping(&self, cancel: &CancellationToken) {
