@@ -161,10 +161,15 @@ pub async fn put_answer(db: &Db, session: &str, round: u32, answer: &str) -> Res
     .await?;
     let emitted = match first {
         Some(row) => {
-            let s = sqlx::query("SELECT user_id, moment_id FROM qa_sessions WHERE id = $1")
+            let Some(s) = sqlx::query("SELECT user_id, moment_id FROM qa_sessions WHERE id = $1")
                 .bind(session)
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                // no session row (never happens in the service): keep the answer, report nothing
+                tx.commit().await?;
+                return Ok(());
+            };
             events::emit_on(
                 &mut tx,
                 Payload::QaRoundDone(events::QaRoundDone {
@@ -246,10 +251,24 @@ pub async fn profile(db: &Db, user: &str) -> Result<Profile, Error> {
     })
 }
 
-/// Writes the user's memory, and `profile.updated` in the same transaction.
+/// Writes the user's memory, and `profile.updated` in the same transaction when the summary
+/// or the tags changed (a summary job run again after a crash reports nothing new).
 pub async fn put_profile(db: &Db, user: &str, p: &Profile) -> Result<(), Error> {
     let tags = serde_json::to_string(&p.tags).unwrap_or_else(|_| "[]".into());
-    let mut tx = db.pool().begin().await?;
+    let mut tx = db.begin_write().await?;
+    let before = sqlx::query("SELECT summary, tags FROM profiles WHERE user_id = $1")
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let changed = match &before {
+        Some(r) => {
+            r.try_get::<String, _>("summary")? != p.summary
+                || serde_json::from_str::<Vec<String>>(&r.try_get::<String, _>("tags")?)
+                    .unwrap_or_default()
+                    != p.tags
+        }
+        None => true,
+    };
     sqlx::query(
         "INSERT INTO profiles (user_id, summary, tags, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id) DO UPDATE SET summary = $2, tags = $3, updated_at = $4",
@@ -260,16 +279,20 @@ pub async fn put_profile(db: &Db, user: &str, p: &Profile) -> Result<(), Error> 
     .bind(now_ms())
     .execute(&mut *tx)
     .await?;
-    events::emit_on(
-        &mut tx,
-        Payload::ProfileUpdated(events::ProfileUpdated {
-            user_id: user.to_string(),
-            summary: p.summary.clone(),
-            tags: p.tags.clone(),
-        }),
-    )
-    .await?;
+    if changed {
+        events::emit_on(
+            &mut tx,
+            Payload::ProfileUpdated(events::ProfileUpdated {
+                user_id: user.to_string(),
+                summary: p.summary.clone(),
+                tags: p.tags.clone(),
+            }),
+        )
+        .await?;
+    }
     tx.commit().await?;
-    db.notify(Change::Events);
+    if changed {
+        db.notify(Change::Events);
+    }
     Ok(())
 }

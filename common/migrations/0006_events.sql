@@ -34,6 +34,8 @@ CREATE TABLE event_deliveries (
 );
 -- what is pending for a target, in fan-out order (each subject's rows in seq order)
 CREATE INDEX event_deliveries_pending ON event_deliveries (target, state, created_at, seq);
+-- the lowest pending seq of a subject
+CREATE INDEX event_deliveries_chain ON event_deliveries (target, state, subject, seq);
 CREATE INDEX event_deliveries_delivered ON event_deliveries (state, delivered_at);
 
 -- Webhook endpoints that answered 410 Gone: nothing is sent to them until re-enabled; their

@@ -436,6 +436,23 @@ impl Queue {
         }
     }
 
+    /// Puts the finished (done or dead-lettered) job enqueued under `dedup_key` back in the
+    /// queue with fresh attempts (a job that must always exist, such as the events relay).
+    /// True when one was revived.
+    pub async fn revive(&self, dedup_key: &str) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = 0, run_after = $1, last_error = NULL, \
+             lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE dedup_key = $2 AND state IN ('done', 'failed')",
+        )
+        .bind(now_ms())
+        .bind(dedup_key)
+        .execute(self.db.pool())
+        .await?;
+        self.wake.notify_waiters();
+        Ok(r.rows_affected() > 0)
+    }
+
     /// Gives a claimed job back without counting the attempt: runnable again after `delay`
     /// (a job that cannot make progress now, such as a transcode whose upload stalled). `note`
     /// is kept as its `last_error` so status pages can say why it waits.

@@ -132,11 +132,7 @@ pub async fn run(config: &Config, args: EventsArgs) -> anyhow::Result<()> {
 
 fn wanted(types: &[String], body: &serde_json::Value) -> bool {
     let kind = body["type"].as_str().unwrap_or_default();
-    types.is_empty()
-        || types.iter().any(|t| match t.strip_suffix(".*") {
-            Some(p) => kind.strip_prefix(p).is_some_and(|r| r.starts_with('.')),
-            None => t == kind,
-        })
+    types.is_empty() || types.iter().any(|t| common::events::type_matches(t, kind))
 }
 
 async fn tail(config: &Config, db: &Db, t: &TailArgs) -> anyhow::Result<()> {

@@ -44,6 +44,7 @@ pub struct Nats {
     prefix: String,
     stream: String,
     timeout: Duration,
+    dedup_window: Duration,
     ready: OnceCell<()>,
 }
 
@@ -74,6 +75,8 @@ impl Nats {
             prefix: config.subject_prefix.clone(),
             stream: config.stream.clone(),
             timeout,
+            dedup_window: Duration::from_millis(config.backoff_max_ms.saturating_mul(2))
+                .max(Duration::from_secs(120)),
             ready: OnceCell::new(),
         })
     }
@@ -85,7 +88,9 @@ impl Nats {
                 let cfg = async_nats::jetstream::stream::Config {
                     name: self.stream.clone(),
                     subjects: vec![format!("{}.>", self.prefix)],
-                    duplicate_window: Duration::from_secs(120),
+                    // longer than any retry's wait, so a publish retried after a lost ack is
+                    // still recognised
+                    duplicate_window: self.dedup_window,
                     ..Default::default()
                 };
                 tokio::time::timeout(self.timeout, self.js.get_or_create_stream(cfg))

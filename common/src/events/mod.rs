@@ -123,7 +123,8 @@ impl Endpoint {
     }
 }
 
-fn type_matches(pattern: &str, kind: &str) -> bool {
+/// Whether `pattern` (`moment.ready`, or a family `moment.*`) covers the event type `kind`.
+pub fn type_matches(pattern: &str, kind: &str) -> bool {
     match pattern.strip_suffix(".*") {
         Some(prefix) => kind
             .strip_prefix(prefix)
@@ -473,10 +474,17 @@ pub async fn emit_on(conn: &mut sqlx::AnyConnection, payload: Payload) -> Result
     };
     let body =
         serde_json::to_string(&event).map_err(|e| Error::Sql(sqlx::Error::Encode(e.into())))?;
-    sqlx::query(
+    // `created_at` orders the fan-out across subjects. On PostgreSQL it is the server's clock,
+    // so events written on nodes whose clocks disagree still sort in commit order.
+    let created_at = if conn.backend_name() == "PostgreSQL" {
+        "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT"
+    } else {
+        "$6"
+    };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO events (id, type, subject, seq, body, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
+         VALUES ($1, $2, $3, $4, $5, {created_at})"
+    )))
     .bind(&event.id)
     .bind(event.payload.kind())
     .bind(&event.subject)

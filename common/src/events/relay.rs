@@ -42,15 +42,7 @@ pub fn job() -> NewJob {
 /// Makes sure the relay job exists and can run (every worker process calls this at start).
 pub async fn ensure(queue: &Queue) -> Result<(), Error> {
     queue.enqueue(&job()).await?;
-    sqlx::query(
-        "UPDATE jobs SET state = 'queued', attempts = 0, run_after = $1, last_error = NULL \
-         WHERE dedup_key = $2 AND state IN ('done', 'failed')",
-    )
-    .bind(crate::ids::now_ms())
-    .bind(KIND)
-    .execute(queue.db().pool())
-    .await?;
-    queue.notify();
+    queue.revive(KIND).await?;
     Ok(())
 }
 
@@ -262,7 +254,10 @@ impl Relay {
             // one delivery per subject at a time (the batch holds one head per subject); the
             // successes are recorded together
             let done: Vec<outbox::Due> = futures::stream::iter(due)
-                .map(|d| async move { self.deliver(target, via, &d).await.then_some(d) })
+                .map(|d| async move {
+                    // a relay that lost its lease sends nothing more (the new holder will)
+                    (!cancel.is_cancelled() && self.deliver(target, via, &d).await).then_some(d)
+                })
                 .buffer_unordered(self.config.concurrency.max(1))
                 .filter_map(|d| async move { d })
                 .collect()
