@@ -2,15 +2,15 @@
 //! (`s3s-fs`) on loopback. Nothing here is a mock: tests talk to the real services.
 //!
 //! PostgreSQL: `MOMENTS_TEST_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`) names a
-//! server where we may create databases. When none is reachable the PostgreSQL half of a test is
-//! skipped with a printed notice — unless `MOMENTS_TEST_REQUIRE_PG=1` (set by the project's test
-//! script), which turns the skip into a failure so CI can never pass without really running it.
+//! server where we may create databases. When none is reachable a test that uses it fails —
+//! unless `MOMENTS_TEST_SKIP_PG=1` says to skip its PostgreSQL half (with a printed notice).
+//! CI never sets an opt-out, so it can never pass without really running every half.
 //!
 //! S3: `s3s-fs` from `PATH` or `~/.cargo/bin` (installed by `deploy/install-test-tools.sh`).
 //!
 //! Neural voice models: `MOMENTS_TEST_MODELS_DIR` (default `~/.cache/moments/models`, where
 //! `deploy/test.sh` installs them with `deploy/install-models.sh`). Tests of the neural engines
-//! are skipped with a notice when they are not there, unless `MOMENTS_TEST_REQUIRE_MODELS=1`.
+//! fail when they are not there, unless `MOMENTS_TEST_SKIP_MODELS=1` (skip with a notice).
 
 #![allow(clippy::expect_used)] // test support: failing loudly is the point
 
@@ -62,17 +62,22 @@ impl Drop for PgTestDb {
     }
 }
 
-/// Creates a fresh PostgreSQL database, or `None` (after printing why) when no server is
-/// reachable and `MOMENTS_TEST_REQUIRE_PG` is not set.
+/// Whether the explicit opt-out variable `var` is set to `1`.
+fn opted_out(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// Creates a fresh PostgreSQL database. When no server is reachable this panics, or returns
+/// `None` (after printing why) when `MOMENTS_TEST_SKIP_PG=1`.
 pub async fn fresh_pg() -> Option<PgTestDb> {
     let admin = pg_admin_url();
-    let required = std::env::var("MOMENTS_TEST_REQUIRE_PG").is_ok_and(|v| v == "1");
+    let required = !opted_out("MOMENTS_TEST_SKIP_PG");
     let mut conn = match sqlx::PgConnection::connect(&admin).await {
         Ok(c) => c,
         Err(e) => {
             if required {
                 panic!(
-                    "PostgreSQL at {admin} is required (MOMENTS_TEST_REQUIRE_PG=1) but not reachable: {e}"
+                    "PostgreSQL at {admin} is not reachable: {e} (start it, point MOMENTS_TEST_PG_URL at one, or set MOMENTS_TEST_SKIP_PG=1 to skip PostgreSQL halves)"
                 );
             }
             eprintln!(
@@ -123,8 +128,8 @@ where
     }
 }
 
-/// The neural voice models directory, when installed (see the module docs); `None` with a
-/// printed notice otherwise, or a panic when `MOMENTS_TEST_REQUIRE_MODELS=1`.
+/// The neural voice models directory (see the module docs). Panics when they are not
+/// installed, or returns `None` with a printed notice when `MOMENTS_TEST_SKIP_MODELS=1`.
 pub fn voice_models() -> Option<PathBuf> {
     let dir = std::env::var_os("MOMENTS_TEST_MODELS_DIR")
         .map(PathBuf::from)
@@ -134,10 +139,10 @@ pub fn voice_models() -> Option<PathBuf> {
     if dir.join(".installed-v1").is_file() {
         return Some(dir);
     }
-    let required = std::env::var("MOMENTS_TEST_REQUIRE_MODELS").is_ok_and(|v| v == "1");
+    let required = !opted_out("MOMENTS_TEST_SKIP_MODELS");
     assert!(
         !required,
-        "neural voice models are required (MOMENTS_TEST_REQUIRE_MODELS=1) but not installed in {}: run deploy/install-models.sh {}",
+        "neural voice models are not installed in {}: run deploy/install-models.sh {} (or set MOMENTS_TEST_SKIP_MODELS=1 to skip their tests)",
         dir.display(),
         dir.display()
     );

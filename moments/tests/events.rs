@@ -436,7 +436,7 @@ async fn webhooks_are_signed_retried_in_order_and_verified_by_a_third_party(on_p
         None
     };
     if on_pg && pg.is_none() {
-        return; // fresh_pg printed why (and fails when MOMENTS_TEST_REQUIRE_PG=1)
+        return; // MOMENTS_TEST_SKIP_PG=1: fresh_pg printed why
     }
     let pg_url = pg.as_ref().map(|p| p.url.clone());
     let s = support::start(dir.path(), |c| {
