@@ -2,9 +2,18 @@
 //! URL says `postgres://`. Both run the same migrations (written in the SQL both understand) and
 //! the same queries through sqlx's `Any` driver; the few statements that must differ (job claims)
 //! ask [`Db::backend`].
+//!
+//! Changes ([`Change`]) reach the waiting tasks of this process through an in-memory broadcast.
+//! On PostgreSQL they also cross processes: [`Db::notify`] publishes them with `pg_notify` on one
+//! channel, and each process runs one `LISTEN` connection that re-broadcasts what other
+//! processes committed — so an SSE watcher on node B hears of a moment finished on node A
+//! without polling, however many watchers there are. SQLite has no such channel: waiters there
+//! keep polling (which is also the fallback if the listener connection drops).
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +28,10 @@ pub struct Config {
     pub url: Option<String>,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// PostgreSQL only: hear other processes' changes through `LISTEN/NOTIFY` (one extra
+    /// connection per process). Turn off behind a pooler in transaction mode (PgBouncer), where
+    /// `LISTEN` does not work; waiters then poll.
+    pub listen: bool,
 }
 
 impl Default for Config {
@@ -26,6 +39,7 @@ impl Default for Config {
         Config {
             url: None,
             max_connections: 8,
+            listen: true,
         }
     }
 }
@@ -92,8 +106,78 @@ pub enum Change {
     Moment(String),
     /// An object still being written (by its key) became longer, complete or gone.
     Object(String),
-    /// Events were written to the outbox (wakes this process's relay).
+    /// Events were written to the outbox (wakes the relay).
     Events,
+    /// Jobs were queued or became runnable (wakes idle workers).
+    Jobs,
+    /// This process (re)connected its listener: changes of other processes may have been
+    /// missed while it was away, so anything may have changed (local only, never sent).
+    Resync,
+}
+
+/// The PostgreSQL channel changes travel on.
+const CHANNEL: &str = "moments_changes";
+/// A `pg_notify` payload must stay under 8000 bytes.
+const MAX_PAYLOAD: usize = 7_000;
+
+impl Change {
+    /// One line of a notification payload.
+    fn encode(&self) -> String {
+        match self {
+            Change::Moment(id) => format!("m {id}"),
+            Change::Object(key) => format!("o {key}"),
+            Change::Events => "e".into(),
+            Change::Jobs => "j".into(),
+            Change::Resync => "r".into(),
+        }
+    }
+
+    /// The inverse of [`Change::encode`]; `None` for a line this version does not know.
+    fn decode(line: &str) -> Option<Change> {
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "m" if !rest.is_empty() => Some(Change::Moment(rest.to_string())),
+            "o" if !rest.is_empty() => Some(Change::Object(rest.to_string())),
+            "e" => Some(Change::Events),
+            "j" => Some(Change::Jobs),
+            _ => None,
+        }
+    }
+}
+
+/// A payload: this process's id on the first line (so it skips its own), then one change per
+/// line.
+fn encode_payload(node: &str, changes: &[Change]) -> String {
+    let mut out = node.to_string();
+    for c in changes {
+        out.push('\n');
+        out.push_str(&c.encode());
+    }
+    out
+}
+
+/// The changes of a payload sent by another process (`None` when `node` sent it).
+fn decode_payload(node: &str, payload: &str) -> Option<Vec<Change>> {
+    let mut lines = payload.split('\n');
+    if lines.next()? == node {
+        return None;
+    }
+    Some(lines.filter_map(Change::decode).collect())
+}
+
+/// The cross-process side of a [`Db`] on PostgreSQL: where to send changes, whether the
+/// listener is connected, and the token that stops both tasks when the last handle goes.
+#[derive(Debug)]
+struct Bridge {
+    outbox: tokio::sync::mpsc::UnboundedSender<Change>,
+    listening: Arc<AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// A handle on the metadata database; cheap to clone.
@@ -102,6 +186,7 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     changes: tokio::sync::broadcast::Sender<Change>,
+    bridge: Option<Arc<Bridge>>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -126,8 +211,18 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Db {
-    /// Opens (creating the SQLite file and its directory if needed) and migrates.
+    /// Opens (creating the SQLite file and its directory if needed) and migrates; on
+    /// PostgreSQL it also listens for other processes' changes.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, Error> {
+        Db::open(url, max_connections, true).await
+    }
+
+    /// Opens with the settings of a `[database]` section (`url` already resolved).
+    pub async fn connect_config(url: &str, config: &Config) -> Result<Db, Error> {
+        Db::open(url, config.max_connections, config.listen).await
+    }
+
+    async fn open(url: &str, max_connections: u32, listen: bool) -> Result<Db, Error> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://") {
             let (file, query) = match path.split_once('?') {
@@ -184,13 +279,25 @@ impl Db {
             // Persistent per database file: readers never block the writer.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
+        let changes = tokio::sync::broadcast::channel(1024).0;
+        let bridge = (backend == Backend::Postgres && listen)
+            .then(|| Arc::new(start_bridge(&url, pool.clone(), changes.clone())));
         let db = Db {
             pool,
             backend,
-            changes: tokio::sync::broadcast::channel(1024).0,
+            changes,
+            bridge,
         };
         MIGRATOR.run(&db.pool).await?;
         Ok(db)
+    }
+
+    /// Whether changes committed by other processes reach [`Db::subscribe`] (PostgreSQL with
+    /// its listener connected). When false, waiters must poll to see them.
+    pub fn hears_other_nodes(&self) -> bool {
+        self.bridge
+            .as_ref()
+            .is_some_and(|b| b.listening.load(Ordering::Relaxed))
     }
 
     /// A transaction that will write after reading: on SQLite it takes the write lock at once
@@ -213,14 +320,20 @@ impl Db {
         self.backend
     }
 
-    /// Tells waiting tasks of this process that `change` was committed. In-process only:
-    /// waiters in other processes find out by polling, so every waiter also polls (slowly).
+    /// Tells waiting tasks that `change` was committed: this process's at once, other
+    /// processes' through PostgreSQL `NOTIFY` (SQLite: by their polling).
     pub fn notify(&self, change: Change) {
+        if let Some(b) = &self.bridge
+            && change != Change::Resync
+        {
+            let _ = b.outbox.send(change.clone());
+        }
         let _ = self.changes.send(change);
     }
 
-    /// Changes committed by this process from now on. A receiver that falls behind gets
-    /// `Lagged`, which it should treat as "anything may have changed".
+    /// Changes committed from now on, by this process and (see [`Db::hears_other_nodes`]) by
+    /// others. A receiver that falls behind gets `Lagged`, which it should treat as "anything
+    /// may have changed".
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
@@ -231,15 +344,145 @@ impl Db {
         Ok(())
     }
 
-    /// Closes the pool, waiting for checked-out connections.
+    /// Closes the pool, waiting for checked-out connections, and stops the listener.
     pub async fn close(&self) {
+        if let Some(b) = &self.bridge {
+            b.stop.cancel();
+        }
         self.pool.close().await;
+    }
+}
+
+/// Starts the two tasks of the PostgreSQL bridge: one sends this process's changes (coalesced:
+/// whatever queued up while the previous `NOTIFY` was in flight goes in one payload, repeats
+/// removed), one `LISTEN`s and re-broadcasts other processes' changes, reconnecting with backoff.
+fn start_bridge(url: &str, pool: AnyPool, local: tokio::sync::broadcast::Sender<Change>) -> Bridge {
+    let node = crate::ids::new_id();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listening = Arc::new(AtomicBool::new(false));
+    let (outbox, mut queued) = tokio::sync::mpsc::unbounded_channel::<Change>();
+    let sender_stop = stop.clone();
+    let sender_node = node.clone();
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                _ = sender_stop.cancelled() => return,
+                c = queued.recv() => match c { Some(c) => c, None => return },
+            };
+            let mut batch = vec![first];
+            while let Ok(c) = queued.try_recv() {
+                if !batch.contains(&c) {
+                    batch.push(c);
+                }
+                if batch.len() >= 256 {
+                    break;
+                }
+            }
+            // split so each payload stays under PostgreSQL's limit
+            let mut start = 0;
+            while start < batch.len() {
+                let mut end = start;
+                let mut size = sender_node.len();
+                while end < batch.len()
+                    && (end == start || size + batch[end].encode().len() + 1 < MAX_PAYLOAD)
+                {
+                    size += batch[end].encode().len() + 1;
+                    end += 1;
+                }
+                let payload = encode_payload(&sender_node, &batch[start..end]);
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(payload)
+                    .execute(&pool)
+                    .await
+                {
+                    // other nodes fall back to polling for this one; never fail the writer
+                    tracing::debug!(error = %e, "pg_notify failed");
+                }
+                start = end;
+            }
+        }
+    });
+    let url = url.to_string();
+    let flag = listening.clone();
+    let listen_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let connected = async {
+                let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                _ = listen_stop.cancelled() => return,
+                l = connected => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot LISTEN for other nodes' changes; polling until it can");
+                        tokio::select! {
+                            _ = listen_stop.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+            };
+            flag.store(true, Ordering::Relaxed);
+            // whatever other processes committed while we were not listening was not heard
+            let _ = local.send(Change::Resync);
+            backoff = Duration::from_millis(200);
+            loop {
+                let n = tokio::select! {
+                    _ = listen_stop.cancelled() => { flag.store(false, Ordering::Relaxed); return }
+                    n = listener.try_recv() => n,
+                };
+                match n {
+                    Ok(Some(n)) => {
+                        for c in decode_payload(&node, n.payload()).unwrap_or_default() {
+                            let _ = local.send(c);
+                        }
+                    }
+                    // the connection dropped: what was sent meanwhile is lost, so waiters
+                    // poll until we are back
+                    Ok(None) | Err(_) => {
+                        flag.store(false, Ordering::Relaxed);
+                        tracing::warn!("lost the LISTEN connection; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Bridge {
+        outbox,
+        listening,
+        stop,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Change, decode_payload, encode_payload, redact};
+
+    #[test]
+    fn payloads_round_trip_and_skip_their_own_node() {
+        let changes = vec![
+            Change::Moment("m1".into()),
+            Change::Object("uploads/a b/source".into()),
+            Change::Events,
+            Change::Jobs,
+        ];
+        let p = encode_payload("node1", &changes);
+        assert_eq!(decode_payload("node2", &p), Some(changes));
+        assert_eq!(decode_payload("node1", &p), None);
+        // lines a newer version added are ignored, not misread
+        assert_eq!(
+            decode_payload("node2", "node1\nz what\nm \ne"),
+            Some(vec![Change::Events])
+        );
+    }
 
     #[test]
     fn redacts_passwords_only() {

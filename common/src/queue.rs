@@ -134,6 +134,24 @@ pub struct Job {
     pub priority: Priority,
 }
 
+/// One claim of a job, from the run history (`job_runs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The worker that claimed it.
+    pub owner: String,
+    /// Which attempt it was.
+    pub attempt: u32,
+    /// Claimed at (ms).
+    pub started_at: i64,
+    /// The claim or its last lease renewal (ms): the last moment it certainly ran.
+    pub last_seen: i64,
+    /// When it ended; `None` while running or when its worker died.
+    pub ended_at: Option<i64>,
+    /// `done`, `retry`, `failed`, `released`, `requeued`, `parked`, or `lease_lost` (its
+    /// worker stopped renewing and another worker took the job over).
+    pub outcome: Option<String>,
+}
+
 /// A job as stored (for status pages and tests).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -219,13 +237,15 @@ impl Queue {
     pub async fn enqueue(&self, job: &NewJob) -> Result<String, Error> {
         let mut conn = self.db.pool().acquire().await?;
         let id = enqueue_on(&mut conn, &self.config, job).await?;
-        self.wake.notify_waiters();
+        self.notify();
         Ok(id)
     }
 
-    /// Wakes idle in-process workers (after [`enqueue_on`] inside a caller's transaction).
+    /// Wakes idle workers (after [`enqueue_on`] inside a caller's transaction): this process's
+    /// at once, other processes' through the database's change channel (PostgreSQL).
     pub fn notify(&self) {
         self.wake.notify_waiters();
+        self.db.notify(crate::db::Change::Jobs);
     }
 
     /// Claims the next runnable job of one of `kinds` for `owner`.
@@ -261,7 +281,7 @@ impl Queue {
             return Ok(None);
         };
         let payload: String = row.try_get("payload")?;
-        Ok(Some(Job {
+        let job = Job {
             id: row.try_get("id")?,
             kind: row.try_get("kind")?,
             payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
@@ -269,7 +289,71 @@ impl Queue {
             max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
             owner: owner.to_string(),
             priority: Priority::from_value(row.try_get("priority")?),
-        }))
+        };
+        self.record_run(&job, now).await;
+        Ok(Some(job))
+    }
+
+    /// History: a run that was still open belonged to a worker whose lease expired (it died
+    /// or stalled); the new run starts now.
+    async fn record_run(&self, job: &Job, now: i64) {
+        let lost = sqlx::query(
+            "UPDATE job_runs SET outcome = 'lease_lost' WHERE job_id = $1 AND ended_at IS NULL              AND outcome IS NULL",
+        )
+        .bind(&job.id)
+        .execute(self.db.pool());
+        let started = sqlx::query(
+            "INSERT INTO job_runs (job_id, owner, attempt, started_at, last_seen)              VALUES ($1, $2, $3, $4, $4)",
+        )
+        .bind(&job.id)
+        .bind(&job.owner)
+        .bind(i64::from(job.attempts))
+        .bind(now);
+        // the history is a record, never a reason to fail the work
+        if let Err(e) = lost.await {
+            tracing::debug!(error = %e, "job history: closing lost runs");
+        }
+        if let Err(e) = started.execute(self.db.pool()).await {
+            tracing::debug!(error = %e, "job history: recording a run");
+        }
+    }
+
+    /// History: the run of `job` by its owner ended with `outcome`.
+    async fn end_run(&self, job: &Job, outcome: &str) {
+        let r = sqlx::query(
+            "UPDATE job_runs SET ended_at = $1, last_seen = $1, outcome = $2              WHERE job_id = $3 AND owner = $4 AND ended_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(outcome)
+        .bind(&job.id)
+        .bind(&job.owner)
+        .execute(self.db.pool())
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "job history: ending a run");
+        }
+    }
+
+    /// The runs of `job_id`, oldest first.
+    pub async fn runs(&self, job_id: &str) -> Result<Vec<Run>, Error> {
+        let rows = sqlx::query(
+            "SELECT owner, attempt, started_at, last_seen, ended_at, outcome FROM job_runs              WHERE job_id = $1 ORDER BY started_at",
+        )
+        .bind(job_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Run {
+                    owner: r.try_get("owner")?,
+                    attempt: r.try_get::<i64, _>("attempt")? as u32,
+                    started_at: r.try_get("started_at")?,
+                    last_seen: r.try_get("last_seen")?,
+                    ended_at: r.try_get("ended_at")?,
+                    outcome: r.try_get("outcome")?,
+                })
+            })
+            .collect()
     }
 
     /// Extends the lease. False when the lease is no longer ours: the worker must stop.
@@ -285,6 +369,19 @@ impl Queue {
         .bind(&job.owner)
         .execute(self.db.pool())
         .await?;
+        if r.rows_affected() == 1 {
+            let seen = sqlx::query(
+                "UPDATE job_runs SET last_seen = $1 WHERE job_id = $2 AND owner = $3                  AND ended_at IS NULL",
+            )
+            .bind(now)
+            .bind(&job.id)
+            .bind(&job.owner)
+            .execute(self.db.pool())
+            .await;
+            if let Err(e) = seen {
+                tracing::debug!(error = %e, "job history: renewal");
+            }
+        }
         Ok(r.rows_affected() == 1)
     }
 
@@ -302,6 +399,9 @@ impl Queue {
         .bind(&job.owner)
         .execute(self.db.pool())
         .await?;
+        if r.rows_affected() == 1 {
+            self.end_run(job, "done").await;
+        }
         Ok(r.rows_affected() == 1)
     }
 
@@ -331,6 +431,7 @@ impl Queue {
             .execute(self.db.pool())
             .await?;
             return Ok(if r.rows_affected() == 1 {
+                self.end_run(job, "retry").await;
                 Outcome::Retry { after_ms }
             } else {
                 Outcome::LeaseLost
@@ -348,6 +449,7 @@ impl Queue {
         .execute(self.db.pool())
         .await?;
         Ok(if r.rows_affected() == 1 {
+            self.end_run(job, "failed").await;
             Outcome::Dead
         } else {
             Outcome::LeaseLost
@@ -366,7 +468,10 @@ impl Queue {
         .bind(&job.owner)
         .execute(self.db.pool())
         .await?;
-        self.wake.notify_waiters();
+        if r.rows_affected() == 1 {
+            self.end_run(job, "released").await;
+        }
+        self.notify();
         Ok(r.rows_affected() == 1)
     }
 
@@ -374,6 +479,11 @@ impl Queue {
     /// time); returns them so their kind can record the failure.
     pub async fn reap(&self) -> Result<Vec<Job>, Error> {
         let now = now_ms();
+        // the run history is kept for a week
+        sqlx::query("DELETE FROM job_runs WHERE ended_at < $1")
+            .bind(now - 7 * 24 * 3600 * 1000)
+            .execute(self.db.pool())
+            .await?;
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'failed', \
              last_error = 'worker lost (lease expired) on the last attempt', \
@@ -470,7 +580,10 @@ impl Queue {
         .bind(&job.owner)
         .execute(self.db.pool())
         .await?;
-        self.wake.notify_waiters();
+        if r.rows_affected() == 1 {
+            self.end_run(job, "requeued").await;
+        }
+        self.notify();
         Ok(r.rows_affected() == 1)
     }
 
@@ -494,7 +607,10 @@ impl Queue {
         .bind(&job.owner)
         .fetch_optional(self.db.pool())
         .await?;
-        self.wake.notify_waiters();
+        if r.is_some() {
+            self.end_run(job, "parked").await;
+        }
+        self.notify();
         match r {
             Some(row) => Ok(row.try_get::<i64, _>("run_after")? >= PARKED),
             None => Ok(false),
@@ -553,10 +669,30 @@ impl Queue {
         Ok(stats)
     }
 
-    /// Waits until woken by an in-process enqueue or the poll interval passes.
+    /// Waits until woken by an enqueue (of this process, or of another one when the database
+    /// carries changes across processes) or the poll interval passes.
     pub async fn idle(&self) {
         let notified = self.wake.notified();
-        let _ = tokio::time::timeout(Duration::from_millis(self.config.poll_ms), notified).await;
+        let mut changes = self.db.subscribe();
+        let remote = async {
+            loop {
+                match changes.recv().await {
+                    Ok(crate::db::Change::Jobs)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        let woken = async {
+            tokio::select! {
+                _ = notified => {}
+                _ = remote => {}
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(self.config.poll_ms), woken).await;
     }
 }
 
