@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
-use common::auth::{Auth, StreamUser, User};
-use common::db::Db;
+use common::auth::{StreamUser, User};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,23 +25,13 @@ use crate::voice::{AudioOut, Voice};
 /// What the routes need.
 #[derive(Clone)]
 pub struct VoiceState {
+    /// Database, auth and the rest.
+    pub shared: common::service::Shared,
     /// The service.
     pub voice: Arc<Voice>,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
 }
 
-impl FromRef<VoiceState> for Arc<Auth> {
-    fn from_ref(s: &VoiceState) -> Self {
-        s.auth.clone()
-    }
-}
-
-impl FromRef<VoiceState> for Db {
-    fn from_ref(s: &VoiceState) -> Self {
-        s.voice.db.clone()
-    }
-}
+common::shared_state!(VoiceState);
 
 /// The routes.
 pub fn router(state: VoiceState) -> Router {

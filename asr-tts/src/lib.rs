@@ -215,6 +215,78 @@ pub enum Error {
 /// A TTS and an ASR engine.
 pub type Engines = (Arc<dyn tts::Tts>, Arc<dyn asr::Asr>);
 
+/// What a process without the `voice` role has instead of engines: nothing loaded (no Whisper,
+/// no Piper, no GStreamer), and a clear error if anything asked it to speak or listen — which
+/// nothing does, since such a process mounts no voice route (its summary jobs use the LLM only).
+#[derive(Debug, Clone, Copy)]
+pub struct NotLoaded;
+
+const NOT_LOADED: &str =
+    "the voice engines are not loaded in this process (it does not run the voice role)";
+
+impl tts::Tts for NotLoaded {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn synthesize(&self, _text: &str) -> Result<tts::Speech, tts::Error> {
+        Err(tts::Error::Engine(NOT_LOADED.into()))
+    }
+}
+
+impl asr::Asr for NotLoaded {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn start(&self) -> Result<Box<dyn asr::Recognizer>, asr::Error> {
+        Err(asr::Error::Engine(NOT_LOADED.into()))
+    }
+}
+
+/// The voice service over `shared`: with its engines loaded when `engines` (the `voice` role),
+/// without when only its summary jobs run here (the `worker` role).
+pub async fn open(
+    shared: &common::service::Shared,
+    config: Config,
+    engines: bool,
+) -> anyhow::Result<Arc<voice::Voice>> {
+    let (tts, asr): Engines = if engines {
+        let c = config.clone();
+        // model loading reads hundreds of MB and runs a probe: off the async runtime
+        tokio::task::spawn_blocking(move || self::engines(&c)).await??
+    } else {
+        (Arc::new(NotLoaded), Arc::new(NotLoaded))
+    };
+    Ok(Arc::new(voice::Voice::new(
+        config,
+        shared.db.clone(),
+        shared.store.clone(),
+        shared.queue.clone(),
+        tts,
+        asr,
+        Some(voice::VoiceMetrics::register(&shared.metrics)),
+    )))
+}
+
+/// The `voice` role's share of this crate: the Q&A routes and the engines on their own.
+pub fn service(
+    shared: &common::service::Shared,
+    voice: Arc<voice::Voice>,
+) -> common::service::Service {
+    common::service::Service::routes(api::router(api::VoiceState {
+        shared: shared.clone(),
+        voice,
+    }))
+}
+
+/// The `worker` role's share: the `qa_summary` job that turns answers into memory.
+pub fn jobs(voice: Arc<voice::Voice>) -> common::service::Service {
+    common::service::Service::pool(
+        "summary",
+        vec![Arc::new(summary::Summarizer::new(voice))],
+        1,
+    )
+}
+
 /// The engines, loaded once at start (model loading is slow). Neural engines are preferred as
 /// configured; one that is not installed or does not load gives way to the older engine, with
 /// one log line saying which engine serves and why. Errors only when even the fallbacks

@@ -172,17 +172,26 @@ async fn rounds(
     let profile = store::profile(&voice.db, &session.user_id)
         .await
         .unwrap_or_default();
-    let moment = common::moment::get(&voice.db, &session.moment_id)
-        .await
-        .ok()
-        .flatten();
-    let facts = moment
-        .as_ref()
-        .map(describe)
-        .unwrap_or_else(|| "a short video".to_string());
-    let poster = voice.poster_b64(&session.moment_id).await;
+    // Changes to the moment made anywhere (a worker on another node finishing the transcode,
+    // say) reach this session through the database's change channel (PostgreSQL: LISTEN/NOTIFY);
+    // the next question is written from what the moment is then.
+    let mut changes = voice.db.subscribe();
+    let mut facts = read_facts(voice, &session.moment_id).await;
+    let mut poster = voice.poster_b64(&session.moment_id).await;
     let mut history: Vec<(String, String)> = Vec::new();
     for round in 1..=voice.config.max_rounds {
+        if round > 1
+            && moment_changed(
+                &mut changes,
+                &session.moment_id,
+                voice.db.hears_other_nodes(),
+            )
+        {
+            facts = read_facts(voice, &session.moment_id).await;
+            if poster.is_none() {
+                poster = voice.poster_b64(&session.moment_id).await;
+            }
+        }
         let ctx = Context {
             round,
             moment: facts.clone(),
@@ -254,6 +263,38 @@ async fn rounds(
         history.push((question, transcript));
     }
     outcome
+}
+
+/// The moment as words for the prompt (`a short video` when it cannot be read).
+async fn read_facts(voice: &Voice, moment: &str) -> String {
+    common::moment::get(&voice.db, moment)
+        .await
+        .ok()
+        .flatten()
+        .as_ref()
+        .map(describe)
+        .unwrap_or_else(|| "a short video".to_string())
+}
+
+/// Whether `moment` may have changed since the last call: a change to it (or a resync, or
+/// missed changes) was heard, or nothing can be heard from other processes (SQLite, or the
+/// listener is down), in which case it is read again each round.
+fn moment_changed(
+    changes: &mut tokio::sync::broadcast::Receiver<common::db::Change>,
+    moment: &str,
+    hears: bool,
+) -> bool {
+    use common::db::Change;
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut changed = !hears;
+    loop {
+        match changes.try_recv() {
+            Ok(Change::Moment(id)) if id == moment => changed = true,
+            Ok(Change::Resync) | Err(TryRecvError::Lagged(_)) => changed = true,
+            Ok(_) => {}
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return changed,
+        }
+    }
 }
 
 /// The moment as words for the prompt.

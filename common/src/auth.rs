@@ -308,16 +308,18 @@ pub async fn redeem_ticket(
 /// State for [`tickets_router`].
 #[derive(Clone)]
 pub struct TicketState {
-    /// Where tickets are kept.
-    pub db: crate::db::Db,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
+    /// Where tickets are kept (database), the token verifier.
+    pub shared: crate::service::Shared,
 }
 
-impl FromRef<TicketState> for Arc<Auth> {
-    fn from_ref(s: &TicketState) -> Self {
-        s.auth.clone()
-    }
+crate::shared_state!(TicketState);
+
+/// The ticket route as a service (the `api` and `voice` roles both mount it: SSE and the Q&A
+/// WebSocket authenticate with tickets).
+pub fn tickets(shared: &crate::service::Shared) -> crate::service::Service {
+    crate::service::Service::routes(tickets_router(TicketState {
+        shared: shared.clone(),
+    }))
 }
 
 /// `POST /v1/tickets`: an authenticated client gets a single-use ticket (valid 60 s) to open an
@@ -332,7 +334,7 @@ async fn post_ticket(
     axum::extract::State(s): axum::extract::State<TicketState>,
     User(user): User,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let ticket = issue_ticket(&s.db, &user).await?;
+    let ticket = issue_ticket(&s.shared.db, &user).await?;
     Ok(axum::Json(serde_json::json!({
         "ticket": ticket,
         "expires_in": TICKET_TTL_MS / 1000,

@@ -15,12 +15,14 @@ pub mod error;
 pub mod events;
 mod fsutil;
 pub mod h3client;
+pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod moment;
 pub mod ops;
 pub mod queue;
 pub mod server;
+pub mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

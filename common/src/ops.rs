@@ -1,34 +1,27 @@
 //! Operational routes: `/healthz` (the process answers), `/readyz` (the database and the object
 //! store are really reachable) and `/metrics`.
 
-use std::sync::Arc;
-
-use axum::extract::{FromRef, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::db::Db;
-use crate::metrics::Metrics;
-use crate::store::Store;
-
 /// What the ops routes need.
 #[derive(Clone)]
 pub struct OpsState {
-    /// Metadata database.
-    pub db: Db,
-    /// Object store.
-    pub store: Store,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
+    /// The database and store `/readyz` checks, the registry `/metrics` renders.
+    pub shared: crate::service::Shared,
 }
 
-impl FromRef<OpsState> for Arc<Metrics> {
-    fn from_ref(s: &OpsState) -> Self {
-        s.metrics.clone()
-    }
+crate::shared_state!(OpsState);
+
+/// The ops routes as a service (every process mounts them).
+pub fn service(shared: &crate::service::Shared) -> crate::service::Service {
+    crate::service::Service::routes(router(OpsState {
+        shared: shared.clone(),
+    }))
 }
 
 /// The router for `/healthz`, `/readyz` and `/metrics`.
@@ -46,12 +39,12 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(s): State<OpsState>) -> impl IntoResponse {
     let timeout = std::time::Duration::from_secs(3);
-    let db = match tokio::time::timeout(timeout, s.db.ping()).await {
+    let db = match tokio::time::timeout(timeout, s.shared.db.ping()).await {
         Ok(Ok(())) => "ok".to_string(),
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
-    let storage = match tokio::time::timeout(timeout, s.store.check()).await {
+    let storage = match tokio::time::timeout(timeout, s.shared.store.check()).await {
         Ok(Ok(())) => "ok".to_string(),
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),

@@ -11,16 +11,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{options, post};
-use common::auth::{Auth, User};
-use common::db::Db;
+use common::auth::User;
 use common::ids::{new_id, now_ms};
 use common::metrics::Metrics;
-use common::queue::Queue;
-use common::store::Store;
+use common::service::Shared;
 use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use sha1::Digest as _;
@@ -70,14 +68,9 @@ struct Active {
 /// What the handler needs.
 #[derive(Clone)]
 pub struct IngestState {
-    /// Upload rows and moments.
-    pub db: Db,
-    /// Upload bytes.
-    pub store: Store,
-    /// Where completed uploads are queued.
-    pub queue: Queue,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
+    /// Upload rows and moments (database), upload bytes (store), the queue completed uploads
+    /// go to, the token verifier.
+    pub shared: Shared,
     /// Limits and timings.
     pub config: Config,
     /// S3 part size (bytes).
@@ -90,19 +83,13 @@ pub struct IngestState {
 impl IngestState {
     /// State for the routes.
     pub fn new(
-        db: Db,
-        store: Store,
-        queue: Queue,
-        auth: Arc<Auth>,
+        shared: Shared,
         config: Config,
         part_size: u64,
         metrics: IngestMetrics,
     ) -> IngestState {
         IngestState {
-            db,
-            store,
-            queue,
-            auth,
+            shared,
             config,
             part_size,
             metrics,
@@ -117,11 +104,7 @@ impl IngestState {
     }
 }
 
-impl FromRef<IngestState> for Arc<Auth> {
-    fn from_ref(s: &IngestState) -> Self {
-        s.auth.clone()
-    }
-}
+common::shared_state!(IngestState);
 
 /// The tus routes.
 pub fn router(state: IngestState) -> Router {
@@ -138,14 +121,6 @@ pub fn router(state: IngestState) -> Router {
         .layer(axum::middleware::map_response(decorate))
         .with_state(state)
 }
-
-const EXPOSE: &str = "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Expires, \
-    Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, Moment-Id, \
-    Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version, Accept-Patch";
-const ALLOW_HEADERS: &str = "Authorization, Content-Type, Tus-Resumable, Upload-Length, \
-    Upload-Metadata, Upload-Offset, Upload-Checksum, Upload-Defer-Length, Upload-Concat, \
-    X-HTTP-Method-Override, X-Requested-With, Upload-Complete, Upload-Incomplete, \
-    Upload-Draft-Interop-Version, Content-Disposition, Content-Digest, Repr-Digest";
 
 // Each route answers tus or the draft, by the request's fields.
 async fn create_any(
@@ -208,15 +183,11 @@ async fn terminate_any(
     terminate_core(&s, &id, &user).await
 }
 
-/// Every tus answer: `Tus-Resumable` and CORS for browser clients (tus-js-client).
+/// Every tus answer carries `Tus-Resumable` (CORS for browser clients such as tus-js-client
+/// is the shared layer's, [`common::http::cors`]).
 async fn decorate(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert("tus-resumable", HeaderValue::from_static(tus::VERSION));
-    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
-    h.insert(
-        "access-control-expose-headers",
-        HeaderValue::from_static(EXPOSE),
-    );
+    resp.headers_mut()
+        .insert("tus-resumable", HeaderValue::from_static(tus::VERSION));
     resp
 }
 
@@ -270,13 +241,7 @@ async fn preflight(State(s): State<IngestState>) -> Response {
     for (k, v) in tus::options_headers(&s.limits()) {
         set(h, lower(k), v);
     }
-    set(
-        h,
-        "access-control-allow-methods",
-        "POST, HEAD, PATCH, DELETE, OPTIONS",
-    );
-    set(h, "access-control-allow-headers", ALLOW_HEADERS);
-    set(h, "access-control-max-age", "86400");
+    set(h, "allow", "POST, HEAD, PATCH, DELETE, OPTIONS");
     // the resumable-upload draft's discovery (§Limits): appends and the limits of a creation
     set(h, "accept-patch", crate::rufh::PARTIAL_UPLOAD);
     if let Some(limit) = (crate::rufh::Dialect { interop: None })
@@ -304,26 +269,7 @@ pub(crate) fn location(
     version: Version,
     id: &str,
 ) -> String {
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()));
-    let proto = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if version == Version::HTTP_3 {
-                "https".into()
-            } else {
-                uri.scheme_str().unwrap_or("http").to_string()
-            }
-        });
-    match host {
-        Some(h) => format!("{proto}://{h}/files/{id}"),
-        None => format!("/files/{id}"),
-    }
+    common::http::RequestOrigin::of(headers, uri, version).url(&format!("/files/{id}"))
 }
 
 pub(crate) fn upload_headers(h: &mut HeaderMap, up: &Upload) {
@@ -343,7 +289,7 @@ pub(crate) async fn new_upload(
     length: u64,
     metadata: &str,
 ) -> Result<Upload, Response> {
-    match record::count_active(&s.db, user).await {
+    match record::count_active(&s.shared.db, user).await {
         Ok(n) if n >= i64::from(s.config.max_active_per_user) => {
             return Err(api_error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -359,12 +305,22 @@ pub(crate) async fn new_upload(
     }
     let (id, moment_id) = (new_id(), new_id());
     let expires = now_ms() + (s.config.expires_secs as i64) * 1000;
-    if let Err(e) = record::create(&s.db, &id, &moment_id, user, length, metadata, expires).await {
+    if let Err(e) = record::create(
+        &s.shared.db,
+        &id,
+        &moment_id,
+        user,
+        length,
+        metadata,
+        expires,
+    )
+    .await
+    {
         return Err(internal(e));
     }
     s.metrics.created.inc();
     tracing::info!(upload = %id, moment = %moment_id, %user, length, "upload created");
-    match record::get(&s.db, &id).await {
+    match record::get(&s.shared.db, &id).await {
         Ok(Some(up)) => Ok(up),
         Ok(None) => Err(internal("upload vanished after creation")),
         Err(e) => Err(internal(e)),
@@ -375,7 +331,7 @@ pub(crate) async fn owned(s: &IngestState, id: &str, user: &str) -> Result<Uploa
     if !common::ids::is_id(id) {
         return Err(not_found());
     }
-    match record::get(&s.db, id).await {
+    match record::get(&s.shared.db, id).await {
         Ok(Some(up)) if up.user_id == user => {
             if !up.complete && up.expires_at <= now_ms() {
                 return Err(api_error(
@@ -520,11 +476,11 @@ pub(crate) async fn terminate_core(s: &IngestState, id: &str, user: &str) -> Res
         a.cancel.cancel();
     }
     if !up.complete
-        && let Err(e) = sink::remove(&s.store, &up).await
+        && let Err(e) = sink::remove(&s.shared.store, &up).await
     {
         return internal(e);
     }
-    if let Err(e) = record::delete(&s.db, &up, record::Removal::Terminated).await {
+    if let Err(e) = record::delete(&s.shared.db, &up, record::Removal::Terminated).await {
         return internal(e);
     }
     tracing::info!(upload = %id, "upload terminated");
@@ -612,7 +568,7 @@ async fn acquire(
         owner: owner.clone(),
     };
     let until = now_ms() + stale_ms;
-    match record::lock(&s.db, id, &owner, until).await {
+    match record::lock(&s.shared.db, id, &owner, until).await {
         Ok(true) => Ok((owner, cancel, last, reg)),
         Ok(false) => Err(busy()),
         Err(e) => Err(internal(e)),
@@ -673,7 +629,7 @@ pub(crate) async fn write(
         &last_byte,
     )
     .await;
-    let _ = record::release(&s.db, &up.id, &owner).await;
+    let _ = record::release(&s.shared.db, &up.id, &owner).await;
     result
 }
 
@@ -689,7 +645,7 @@ async fn write_locked(
     last_byte: &AtomicI64,
 ) -> Result<Upload, Response> {
     // The offset may have moved while we waited for the lock.
-    let up = match record::get(&s.db, &up.id).await {
+    let up = match record::get(&s.shared.db, &up.id).await {
         Ok(Some(u)) if u.received == up.received && !u.complete => u,
         Ok(Some(u)) => {
             drain(body).await;
@@ -705,8 +661,8 @@ async fn write_locked(
         Err(e) => return Err(internal(e)),
     };
     let mut writer = Writer::open(
-        &s.store,
-        &s.db,
+        &s.shared.store,
+        &s.shared.db,
         &up,
         s.part_size,
         s.config.s3_parts_in_flight,
@@ -765,8 +721,8 @@ async fn write_locked(
             let c = writer.checkpoint(false).await.map_err(internal)?;
             if c.received > up.received || !c.parts.is_empty() {
                 match record::commit(
-                    &s.db,
-                    &s.queue,
+                    &s.shared.db,
+                    &s.shared.queue,
                     &up,
                     owner,
                     &c,
@@ -783,7 +739,7 @@ async fn write_locked(
                     Ok(false) => return Err(lost()),
                     Err(e) => return Err(internal(e)),
                 }
-            } else if !record::refresh(&s.db, &up.id, owner, lock_until())
+            } else if !record::refresh(&s.shared.db, &up.id, owner, lock_until())
                 .await
                 .map_err(internal)?
             {
@@ -817,8 +773,8 @@ async fn write_locked(
     }
     let c = writer.checkpoint(true).await.map_err(internal)?;
     match record::commit(
-        &s.db,
-        &s.queue,
+        &s.shared.db,
+        &s.shared.queue,
         &up,
         owner,
         &c,
@@ -845,13 +801,14 @@ async fn write_locked(
             Err(e) => return Err(internal(e)),
         };
         if let Some(want) = &repr {
-            match sink::digest(&s.store, &s.db, &now, want.algorithm).await {
+            match sink::digest(&s.shared.store, &s.shared.db, &now, want.algorithm).await {
                 Ok(got) if got == want.digest => {}
                 Ok(_) => {
                     // The representation is not what the client meant to send: the upload
                     // failed as a whole (draft §Representation Digests); nothing is processed.
-                    let _ = sink::remove(&s.store, &now).await;
-                    let _ = record::delete(&s.db, &now, record::Removal::DigestMismatch).await;
+                    let _ = sink::remove(&s.shared.store, &now).await;
+                    let _ =
+                        record::delete(&s.shared.db, &now, record::Removal::DigestMismatch).await;
                     return Err(api_error(
                         StatusCode::BAD_REQUEST,
                         "repr_digest_mismatch",
@@ -862,13 +819,13 @@ async fn write_locked(
             }
         }
         let pieces = finish == sink::Finish::Pieces;
-        match record::complete(&s.db, &s.queue, &now, owner, pieces).await {
+        match record::complete(&s.shared.db, &s.shared.queue, &now, owner, pieces).await {
             Ok(true) => {
                 s.metrics.completed.inc();
                 now.complete = true;
                 tracing::info!(upload = %now.id, moment = %now.moment_id, "upload complete; transcode queued");
                 // (with pieces, the assembly job removes them once the object is whole)
-                if !pieces && let Err(e) = sink::cleanup(&s.store, &now).await {
+                if !pieces && let Err(e) = sink::cleanup(&s.shared.store, &now).await {
                     // Only space is at stake: the object holds every byte.
                     tracing::warn!(upload = %now.id, error = %e, "could not remove the upload's part objects");
                 }
@@ -896,14 +853,16 @@ pub async fn sweep_expired(s: IngestState, shutdown: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match record::expired(&s.db, 100).await {
+        match record::expired(&s.shared.db, 100).await {
             Ok(list) => {
                 for up in list {
-                    if let Err(e) = sink::remove(&s.store, &up).await {
+                    if let Err(e) = sink::remove(&s.shared.store, &up).await {
                         tracing::warn!(upload = %up.id, error = %e, "could not free an expired upload");
                         continue;
                     }
-                    if let Err(e) = record::delete(&s.db, &up, record::Removal::Expired).await {
+                    if let Err(e) =
+                        record::delete(&s.shared.db, &up, record::Removal::Expired).await
+                    {
                         tracing::warn!(upload = %up.id, error = %e, "could not delete an expired upload");
                     } else {
                         tracing::info!(upload = %up.id, "expired upload removed");

@@ -21,6 +21,36 @@ pub mod tus;
 
 use serde::Deserialize;
 
+/// The `ingest` role's share of this crate: the tus and draft routes (`/files`) and the
+/// sweeper that removes expired uploads. `part_size` is the store's S3 multipart part size.
+/// Nothing of an upload lives in this process between requests (the lock, offsets and S3
+/// parts are in the database and the store), so any ingest node resumes any upload.
+pub fn service(
+    shared: &common::service::Shared,
+    config: &Config,
+    part_size: u64,
+) -> common::service::Service {
+    let state = handler::IngestState::new(
+        shared.clone(),
+        config.clone(),
+        part_size,
+        handler::IngestMetrics::register(&shared.metrics),
+    );
+    let sweeper = state.clone();
+    common::service::Service::routes(handler::router(state)).with_task(Box::new(move |stop| {
+        tokio::spawn(handler::sweep_expired(sweeper, stop))
+    }))
+}
+
+/// The `worker` role's share: assembling completed S3 uploads from their parts.
+pub fn jobs(shared: &common::service::Shared) -> common::service::Service {
+    common::service::Service::pool(
+        "uploads",
+        vec![assemble::handler(shared.db.clone(), shared.store.clone())],
+        1,
+    )
+}
+
 /// `[ingest]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

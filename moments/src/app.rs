@@ -7,13 +7,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
-use common::auth::Auth;
-use common::db::Db;
-use common::metrics::Metrics;
 use common::queue::{Queue, QueueMetrics};
-use common::store::Store;
+use common::service::{Service, Shared, SharedConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -21,13 +17,18 @@ use crate::config::Config;
 /// What one process does. `moments serve` runs every role; scale-out splits them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// The HTTP API: moment status, tickets, the HLS origin, voice Q&A.
+    /// The HTTP API: moment status and its SSE, tickets, the HLS origin, the events admin
+    /// routes, the web page.
     Api,
-    /// Resumable uploads (tus), also over QUIC.
+    /// Resumable uploads (tus and the draft), also over QUIC.
     Ingest,
-    /// Queue workers (transcoding, summaries).
+    /// Voice Q&A (the WebSocket), `/v1/asr`, `/v1/tts`, the profile; loads the engines.
+    Voice,
+    /// Queue workers: transcodes (FFmpeg), upload assembly, summaries, the events relay.
     Worker,
 }
+
+const ROLES: &str = "roles: api, ingest, voice, worker";
 
 impl FromStr for Role {
     type Err = String;
@@ -35,10 +36,9 @@ impl FromStr for Role {
         match s.trim() {
             "api" => Ok(Role::Api),
             "ingest" => Ok(Role::Ingest),
+            "voice" => Ok(Role::Voice),
             "worker" => Ok(Role::Worker),
-            other => Err(format!(
-                "unknown role {other:?} (roles: api, ingest, worker)"
-            )),
+            other => Err(format!("unknown role {other:?} ({ROLES})")),
         }
     }
 }
@@ -51,35 +51,29 @@ pub fn parse_roles(s: &str) -> Result<BTreeSet<Role>, String> {
         .map(Role::from_str)
         .collect::<Result<BTreeSet<_>, _>>()?;
     if roles.is_empty() {
-        return Err("no roles given (roles: api, ingest, worker)".into());
+        return Err(format!("no roles given ({ROLES})"));
     }
     Ok(roles)
 }
 
 /// Every role.
 pub fn all_roles() -> BTreeSet<Role> {
-    [Role::Api, Role::Ingest, Role::Worker]
+    [Role::Api, Role::Ingest, Role::Voice, Role::Worker]
         .into_iter()
         .collect()
 }
 
-/// The shared services every room is built from.
+/// What this process opened, once, for the services its roles run. Dereferences to the
+/// [`Shared`] state (database, store, auth, metrics, queue).
 #[derive(Clone)]
 pub struct Services {
     /// The loaded configuration.
     pub config: Arc<Config>,
-    /// Metadata database.
-    pub db: Db,
-    /// Object store.
-    pub store: Store,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// The durable job queue.
-    pub queue: Queue,
-    /// Voice Q&A (engines loaded once).
-    pub voice: Arc<asr_tts::voice::Voice>,
+    /// Database, store, auth, metrics, queue.
+    pub shared: Shared,
+    /// Voice Q&A, when a role needs it (`voice` with its engines loaded; `worker` alone
+    /// without, for the summary jobs).
+    pub voice: Option<Arc<asr_tts::voice::Voice>>,
     /// The HLS origin (its cache is shared by HTTP/1.1, HTTP/2 and HTTP/3).
     pub origin: packager::origin::OriginState,
     /// The development signing key, when the page may hand out tokens (no public key
@@ -87,206 +81,142 @@ pub struct Services {
     pub dev_key: Option<Arc<String>>,
 }
 
+impl std::ops::Deref for Services {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 impl Services {
-    /// Opens the database (migrating it), the store and the auth keys.
-    pub async fn open(config: Config) -> anyhow::Result<Services> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
+    /// Opens the shared state (migrating the database) and what `roles` need beyond it.
+    pub async fn open(config: Config, roles: &BTreeSet<Role>) -> anyhow::Result<Services> {
         config
             .events
             .validate()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let url = config.database_url();
-        let db = Db::connect(&url, config.database.max_connections).await?;
-        let store = common::store::open(&config.storage, &config.data_dir).await?;
-        let auth = Arc::new(Auth::from_config(&config.auth, &config.data_dir)?);
-        let metrics = Metrics::new(env!("CARGO_PKG_VERSION"));
-        let queue = Queue::new(db.clone(), config.queue.clone());
-        let mut voice_config = config.voice.clone();
-        if voice_config.models_dir.is_none() {
-            voice_config.models_dir = Some(config.data_dir.join("models"));
-        }
-        let engines_config = voice_config.clone();
-        // model loading reads hundreds of MB and runs a probe: off the async runtime
-        let (tts, asr) =
-            tokio::task::spawn_blocking(move || asr_tts::engines(&engines_config)).await??;
-        let voice = Arc::new(asr_tts::voice::Voice::new(
-            voice_config,
-            db.clone(),
-            store.clone(),
-            queue.clone(),
-            tts,
-            asr,
-            Some(asr_tts::voice::VoiceMetrics::register(&metrics)),
-        ));
+        let shared = Shared::open(SharedConfig {
+            data_dir: &config.data_dir,
+            database_url: &url,
+            database: &config.database,
+            storage: &config.storage,
+            auth: &config.auth,
+            queue: &config.queue,
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .await?;
+        let voice = if roles.contains(&Role::Voice) || roles.contains(&Role::Worker) {
+            let mut voice_config = config.voice.clone();
+            if voice_config.models_dir.is_none() {
+                voice_config.models_dir = Some(config.data_dir.join("models"));
+            }
+            Some(asr_tts::open(&shared, voice_config, roles.contains(&Role::Voice)).await?)
+        } else {
+            None
+        };
         let dev_key = if config.auth.public_key.is_none() && config.web.dev_tokens {
             Some(Arc::new(common::auth::ensure_dev_key(&config.data_dir)?.0))
         } else {
             None
         };
-        let origin =
-            packager::origin::OriginState::new(store.clone(), db.clone(), &config.packager);
+        let origin = packager::origin::OriginState::new(
+            shared.store.clone(),
+            shared.db.clone(),
+            &config.packager,
+        );
         Ok(Services {
             dev_key,
             origin,
             config: Arc::new(config),
-            db,
-            store,
-            auth,
-            metrics,
-            queue,
+            shared,
             voice,
         })
     }
 
-    /// The tus handler's state (shared by the routes and the expiry sweeper).
-    pub fn ingest_state(&self) -> ingest::handler::IngestState {
-        ingest::handler::IngestState::new(
-            self.db.clone(),
-            self.store.clone(),
-            self.queue.clone(),
-            self.auth.clone(),
-            self.config.ingest.clone(),
-            self.config.storage.s3_part_size,
-            ingest::handler::IngestMetrics::register(&self.metrics),
-        )
-    }
-
-    /// The routes of `roles`, always with the ops routes, with request metrics on all.
-    pub fn router(
+    /// The services `roles` run, from each crate. `http_addr` is the TCP listener (named in
+    /// URLs answered over HTTP/3).
+    pub async fn build(
         &self,
         roles: &BTreeSet<Role>,
-        ingest: Option<ingest::handler::IngestState>,
         http_addr: Option<SocketAddr>,
-    ) -> Router {
-        let mut router = Router::new().merge(common::ops::router(common::ops::OpsState {
-            db: self.db.clone(),
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        }));
-        if let Some(state) = ingest {
-            router = router.merge(ingest::handler::router(state));
+    ) -> anyhow::Result<Service> {
+        let (c, sh) = (&self.config, &self.shared);
+        let mut all = common::ops::service(sh);
+        if roles.contains(&Role::Ingest) {
+            all = all.merge(ingest::service(sh, &c.ingest, c.storage.s3_part_size));
+        }
+        if roles.contains(&Role::Api) || roles.contains(&Role::Voice) {
+            all = all.merge(common::auth::tickets(sh));
         }
         if roles.contains(&Role::Api) {
-            router = router
-                .merge(common::auth::tickets_router(common::auth::TicketState {
-                    db: self.db.clone(),
-                    auth: self.auth.clone(),
-                }))
-                .merge(transcode::api::router(transcode::api::ApiState {
-                    db: self.db.clone(),
-                    auth: self.auth.clone(),
-                    public_base_url: self.config.packager.public_base_url.clone(),
-                    http_origin: http_addr.map(|a| {
-                        let ip = if a.ip().is_unspecified() {
-                            std::net::IpAddr::from([127, 0, 0, 1])
-                        } else {
-                            a.ip()
-                        };
-                        SocketAddr::new(ip, a.port()).to_string()
-                    }),
-                }))
-                .merge(packager::origin::router(self.origin.clone()))
-                .merge(asr_tts::api::router(asr_tts::api::VoiceState {
-                    voice: self.voice.clone(),
-                    auth: self.auth.clone(),
-                }))
-                .merge(common::events::admin::router(
-                    common::events::admin::AdminState {
-                        db: self.db.clone(),
-                        auth: self.auth.clone(),
-                        admins: Arc::new(self.config.events.admins.clone()),
-                    },
-                ))
-                .merge(crate::web::router(crate::web::WebState {
-                    node_modules: self.config.web.node_modules.clone(),
+            let (status, _) = packager::service(sh, &c.packager, http_addr, self.origin.clone());
+            all = all
+                .merge(status)
+                .merge(common::events::service(sh, &c.events))
+                .merge(Service::routes(crate::web::router(crate::web::WebState {
+                    node_modules: c.web.node_modules.clone(),
                     dev_key: self.dev_key.clone(),
-                }));
+                })));
         }
-        router.layer(axum::middleware::from_fn_with_state(
-            self.metrics.clone(),
-            common::metrics::track,
-        ))
+        if roles.contains(&Role::Voice)
+            && let Some(v) = &self.voice
+        {
+            all = all.merge(asr_tts::service(sh, v.clone()));
+        }
+        if roles.contains(&Role::Worker) {
+            let sources = Arc::new(ingest::record::Sources::new(
+                sh.db.clone(),
+                sh.store.clone(),
+            ));
+            all = all
+                .merge(transcode::jobs(sh, &c.transcode, &c.packager, sources))
+                .merge(ingest::jobs(sh))
+                .merge(common::events::jobs(sh, &c.events).await?);
+            if let Some(v) = &self.voice {
+                all = all.merge(asr_tts::jobs(v.clone()));
+            }
+        }
+        Ok(all)
     }
 
-    /// Runs the queue workers until `shutdown`.
-    pub async fn spawn_workers(
-        &self,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let qm = QueueMetrics::register(&self.metrics);
-        let tm = transcode::job::TranscodeMetrics::register(&self.metrics);
-        let transcoder = transcode::job::Transcoder::new(
-            self.db.clone(),
-            self.store.clone(),
-            Arc::new(ingest::record::Sources::new(
-                self.db.clone(),
-                self.store.clone(),
-            )),
-            self.config.transcode.clone(),
-            self.config.packager.clone(),
-            Some(tm),
-        );
-        // Separate pools: a long transcode never holds up a session's summary, nor the
-        // assembly of an upload's S3 parts (which the transcode does not wait for).
-        let transcoding = common::queue::run_workers(
-            self.queue.clone(),
-            vec![transcode::job::handler(transcoder)],
-            self.config.transcode.workers,
-            "transcode",
-            Some(qm.clone()),
-            shutdown.clone(),
-        );
-        let summaries = common::queue::run_workers(
-            self.queue.clone(),
-            vec![Arc::new(asr_tts::summary::Summarizer::new(
-                self.voice.clone(),
-            ))],
-            1,
-            "summary",
-            Some(qm.clone()),
-            shutdown.clone(),
-        );
-        let assembling = common::queue::run_workers(
-            self.queue.clone(),
-            vec![ingest::assemble::handler(
-                self.db.clone(),
-                self.store.clone(),
-            )],
-            1,
-            "uploads",
-            Some(qm.clone()),
-            shutdown.clone(),
-        );
-        // The events relay: one job for the whole deployment, held by one worker at a time.
-        let events = &self.config.events;
-        let bus = common::events::bus::open(events)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(b) = &bus {
-            tracing::info!(bus = %b.describe(), "events are published to the bus");
-        }
-        let relay = common::events::relay::Relay::new(
-            self.db.clone(),
-            events.clone(),
-            bus,
-            Some(common::events::relay::EventMetrics::register(&self.metrics)),
-        )
-        .map_err(|e| anyhow::anyhow!("events: {e}"))?;
-        common::events::relay::ensure(&self.queue).await?;
-        let relaying = common::queue::run_workers(
-            self.queue.clone(),
-            vec![Arc::new(relay)],
-            1,
-            "events",
-            Some(qm),
-            shutdown,
-        );
-        Ok(tokio::spawn(async move {
-            tokio::join!(transcoding, summaries, assembling, relaying);
-        }))
+    /// A router with the shared layers: CORS and request metrics.
+    pub fn layered(&self, router: Router) -> Router {
+        router
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.metrics.clone(),
+                common::metrics::track,
+            ))
+            .layer(axum::middleware::from_fn(common::http::cors))
     }
+}
+
+/// Runs `pools` until `shutdown` (each pool with its own concurrency: a long transcode never
+/// holds up a summary, nor the assembly of an upload's S3 parts).
+fn run_pools(
+    queue: &Queue,
+    metrics: &Arc<common::metrics::Metrics>,
+    pools: Vec<common::service::Pool>,
+    shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if pools.is_empty() {
+        return None;
+    }
+    let qm = QueueMetrics::register(metrics);
+    let mut set = tokio::task::JoinSet::new();
+    for p in pools {
+        set.spawn(common::queue::run_workers(
+            queue.clone(),
+            p.handlers,
+            p.workers,
+            p.name,
+            Some(qm.clone()),
+            shutdown.clone(),
+        ));
+    }
+    Some(tokio::spawn(async move {
+        while set.join_next().await.is_some() {}
+    }))
 }
 
 /// A started server: its real addresses and a handle to stop it.
@@ -325,6 +255,7 @@ impl Running {
 
 /// Opens everything, binds the listeners the roles need and starts serving in the background.
 pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Running> {
+    // QUIC carries uploads (and the API beside them); a worker or voice-only node needs none
     let quic = roles.contains(&Role::Api) || roles.contains(&Role::Ingest);
     let identity = if quic {
         Some(match (&config.quic.cert, &config.quic.key) {
@@ -351,14 +282,15 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         None => None,
     };
 
-    let services = Services::open(config).await?;
-    let ingest_state = roles
-        .contains(&Role::Ingest)
-        .then(|| services.ingest_state());
-    let router = services.router(&roles, ingest_state.clone(), Some(http_addr));
+    let services = Services::open(config, &roles).await?;
+    let service = services.build(&roles, Some(http_addr)).await?;
+    let router = services.layered(service.router);
     let shutdown = CancellationToken::new();
-    let sweeper =
-        ingest_state.map(|s| tokio::spawn(ingest::handler::sweep_expired(s, shutdown.clone())));
+    let tasks: Vec<_> = service
+        .tasks
+        .into_iter()
+        .map(|t| t(shutdown.clone()))
+        .collect();
 
     tracing::info!(
         %http_addr,
@@ -370,11 +302,7 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         "moments is serving"
     );
 
-    let workers = if roles.contains(&Role::Worker) {
-        Some(services.spawn_workers(shutdown.clone()).await?)
-    } else {
-        None
-    };
+    let workers = run_pools(&services.queue, &services.metrics, service.pools, &shutdown);
     let http = tokio::spawn(common::server::serve_http(
         listener,
         router.clone(),
@@ -398,8 +326,8 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         if let Some(w) = workers {
             w.await?;
         }
-        if let Some(s) = sweeper {
-            s.await?;
+        for t in tasks {
+            t.await?;
         }
         db.close().await;
         tracing::info!("moments stopped");

@@ -54,7 +54,7 @@ pub enum Command {
 /// `moments serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Run only these roles (comma-separated: api, ingest, worker). Default: all.
+    /// Run only these roles (comma-separated: api, ingest, voice, worker). Default: all.
     #[arg(long, value_name = "ROLES")]
     pub roles: Option<String>,
 }

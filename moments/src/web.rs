@@ -112,15 +112,11 @@ async fn dev_token(State(s): State<WebState>, body: Option<Json<TokenRequest>>) 
             .into_response();
     };
     let user = body.map(|Json(b)| b.user).unwrap_or_default();
-    let ok = !user.is_empty()
-        && user.len() <= 64
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
+    // the one user-id rule, the same that every verified token's `sub` must pass
+    if let Err(e) = common::auth::check_user_id(&user) {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": "user must be 1 to 64 letters, digits, '-', '_' or '.'"})),
+            Json(json!({"error": e, "code": "bad_request"})),
         )
             .into_response();
     }

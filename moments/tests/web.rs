@@ -97,7 +97,7 @@ async fn the_page_is_served_and_says_what_to_install_and_tokens_only_come_from_t
     for bad in [
         serde_json::json!({"user": ""}),
         serde_json::json!({"user": "a b"}),
-        serde_json::json!({"user": "x".repeat(65)}),
+        serde_json::json!({"user": "x".repeat(129)}),
     ] {
         let r = http
             .post(format!("{base}/ui/dev-token"))

@@ -16,8 +16,38 @@ pub mod origin;
 pub mod playlist;
 pub mod publish;
 pub mod segmenter;
+pub mod status;
 
 use serde::Deserialize;
+
+/// The `api` role's share of this crate: the HLS origin (`/hls/…`) and the moment status
+/// routes (`/v1/moments/{id}`, its SSE). `http_addr` is this process's TCP listener, named in
+/// URLs answered to HTTP/3 requests; `origin` is the origin's state (its cache), made with
+/// [`origin::OriginState::new`].
+pub fn service(
+    shared: &common::service::Shared,
+    config: &Config,
+    http_addr: Option<std::net::SocketAddr>,
+    origin: origin::OriginState,
+) -> (common::service::Service, status::StatusState) {
+    let state = status::StatusState {
+        shared: shared.clone(),
+        public_base_url: config.public_base_url.clone(),
+        http_origin: http_addr.map(|a| {
+            let ip = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }),
+        watcher_reads: Default::default(),
+        watchers: Default::default(),
+    };
+    state.register(&shared.metrics);
+    let router = origin::router(origin).merge(status::router(state.clone()));
+    (common::service::Service::routes(router), state)
+}
 
 /// `[packager]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -6,10 +6,9 @@
 //! durable extent ([`source`]), and the container's first bytes decide whether it can be read
 //! that way ([`container`]). The ladder policy, rotation and container sniffing are plain
 //! functions ([`ladder`], [`rotate`], [`container`]); every ffmpeg-next call is in [`media`]
-//! (and the few raw fields it needs in `ffi`). It must never serve HTTP itself beyond the
-//! moment status routes in [`api`].
+//! (and the few raw fields it needs in `ffi`). It serves no HTTP: the moment status routes are
+//! the packager's, next to the origin whose URLs they hand out.
 
-pub mod api;
 pub mod container;
 mod ffi;
 pub mod job;
@@ -19,6 +18,26 @@ pub mod rotate;
 pub mod source;
 
 use serde::Deserialize;
+
+/// The `worker` role's share of this crate: the `transcode` job pool (`config.workers` at
+/// once). `growing` reads an upload's durable bytes while it is still arriving. Only this
+/// initialises FFmpeg, so a process without the worker role never does.
+pub fn jobs(
+    shared: &common::service::Shared,
+    config: &Config,
+    packager: &packager::Config,
+    growing: std::sync::Arc<dyn common::store::growing::Growing>,
+) -> common::service::Service {
+    let transcoder = job::Transcoder::new(
+        shared.db.clone(),
+        shared.store.clone(),
+        growing,
+        config.clone(),
+        packager.clone(),
+        Some(job::TranscodeMetrics::register(&shared.metrics)),
+    );
+    common::service::Service::pool("transcode", vec![job::handler(transcoder)], config.workers)
+}
 
 /// `[transcode]` section.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -18,25 +18,19 @@ use serde_json::{Value, json};
 
 use super::outbox;
 use crate::ApiError;
-use crate::auth::{Auth, User};
-use crate::db::{Change, Db};
+use crate::auth::User;
+use crate::db::Change;
 
 /// What the routes need.
 #[derive(Clone)]
 pub struct AdminState {
-    /// The outbox lives here.
-    pub db: Db,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
+    /// The outbox's database, auth and the rest.
+    pub shared: crate::service::Shared,
     /// `events.admins`.
     pub admins: Arc<Vec<String>>,
 }
 
-impl FromRef<AdminState> for Arc<Auth> {
-    fn from_ref(s: &AdminState) -> Self {
-        s.auth.clone()
-    }
-}
+crate::shared_state!(AdminState);
 
 /// The routes.
 pub fn router(state: AdminState) -> Router {
@@ -63,7 +57,7 @@ fn admin(s: &AdminState, user: &str) -> Result<(), ApiError> {
 
 async fn stats(State(s): State<AdminState>, User(user): User) -> Result<Json<Value>, ApiError> {
     admin(&s, &user)?;
-    Ok(Json(json!(outbox::stats(&s.db).await?)))
+    Ok(Json(json!(outbox::stats(&s.shared.db).await?)))
 }
 
 #[derive(Deserialize)]
@@ -78,7 +72,9 @@ async fn dead(
 ) -> Result<Json<Value>, ApiError> {
     admin(&s, &user)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(json!({ "dead": outbox::dead(&s.db, limit).await? })))
+    Ok(Json(
+        json!({ "dead": outbox::dead(&s.shared.db, limit).await? }),
+    ))
 }
 
 async fn replay_all(
@@ -86,8 +82,8 @@ async fn replay_all(
     User(user): User,
 ) -> Result<Json<Value>, ApiError> {
     admin(&s, &user)?;
-    let n = outbox::replay_all(&s.db).await?;
-    s.db.notify(Change::Events);
+    let n = outbox::replay_all(&s.shared.db).await?;
+    s.shared.db.notify(Change::Events);
     Ok(Json(json!({ "replayed": n })))
 }
 
@@ -103,13 +99,13 @@ async fn replay(
     Query(q): Query<Target>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&s, &user)?;
-    let n = outbox::replay(&s.db, &event, q.target.as_deref()).await?;
+    let n = outbox::replay(&s.shared.db, &event, q.target.as_deref()).await?;
     if n == 0 {
         return Err(ApiError::not_found(
             "no dead-lettered delivery of that event (and target)",
         ));
     }
-    s.db.notify(Change::Events);
+    s.shared.db.notify(Change::Events);
     Ok(Json(json!({ "replayed": n })))
 }
 
@@ -119,9 +115,9 @@ async fn enable(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     admin(&s, &user)?;
-    if !outbox::enable(&s.db, &name).await? {
+    if !outbox::enable(&s.shared.db, &name).await? {
         return Err(ApiError::not_found("no disabled endpoint of that name"));
     }
-    s.db.notify(Change::Events);
+    s.shared.db.notify(Change::Events);
     Ok(Json(json!({ "enabled": name })))
 }

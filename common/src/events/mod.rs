@@ -123,6 +123,41 @@ impl Endpoint {
     }
 }
 
+/// The `api` role's share of the events: the operators' routes (`/v1/admin/events…`).
+pub fn service(shared: &crate::service::Shared, config: &Config) -> crate::service::Service {
+    crate::service::Service::routes(admin::router(admin::AdminState {
+        shared: shared.clone(),
+        admins: std::sync::Arc::new(config.admins.clone()),
+    }))
+}
+
+/// The `worker` role's share: the relay (one `events_relay` job for the whole deployment, held
+/// by one worker at a time) delivering to the configured endpoints and bus.
+pub async fn jobs(
+    shared: &crate::service::Shared,
+    config: &Config,
+) -> anyhow::Result<crate::service::Service> {
+    let bus = bus::open(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(b) = &bus {
+        tracing::info!(bus = %b.describe(), "events are published to the bus");
+    }
+    let relay = relay::Relay::new(
+        shared.db.clone(),
+        config.clone(),
+        bus,
+        Some(relay::EventMetrics::register(&shared.metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("events: {e}"))?;
+    relay::ensure(&shared.queue).await?;
+    Ok(crate::service::Service::pool(
+        "events",
+        vec![std::sync::Arc::new(relay)],
+        1,
+    ))
+}
+
 /// Whether `pattern` (`moment.ready`, or a family `moment.*`) covers the event type `kind`.
 pub fn type_matches(pattern: &str, kind: &str) -> bool {
     match pattern.strip_suffix(".*") {

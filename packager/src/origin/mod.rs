@@ -61,40 +61,18 @@ pub fn router(state: OriginState) -> Router {
         .with_state(state)
 }
 
-fn cors(headers: &mut HeaderMap) {
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Content-Length, Content-Range, Accept-Ranges, ETag"),
-    );
-}
-
+/// `OPTIONS` that is not a CORS preflight (the CORS layer answers those).
 async fn preflight() -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    let h = resp.headers_mut();
-    cors(h);
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
+    resp.headers_mut().insert(
+        header::ALLOW,
         HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Range, If-None-Match"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
     );
     resp
 }
 
 fn not_found() -> Response {
-    let mut resp = ApiError::not_found("no such object").into_response();
-    cors(resp.headers_mut());
-    resp
+    ApiError::not_found("no such object").into_response()
 }
 
 fn etag_matches(header: Option<&HeaderValue>, etag: &str) -> bool {
@@ -121,11 +99,10 @@ enum Source {
     Stream(common::store::ByteStream, Option<(u64, u64)>),
 }
 
-/// Builds the answer from an object's head and body: validators, ranges, CORS — the one place
+/// Builds the answer from an object's head and body: validators, ranges — the one place
 /// both the cached and the streamed path go through.
 fn respond(head: &Head, source: Source, range: Option<ByteRange>, req: &HeaderMap) -> Response {
     let mut headers = HeaderMap::new();
-    cors(&mut headers);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     for (name, value) in [
         (header::CONTENT_TYPE, &head.content_type),
@@ -148,11 +125,7 @@ fn respond(head: &Head, source: Source, range: Option<ByteRange>, req: &HeaderMa
                 Body::from(bytes.slice(first as usize..=last as usize)),
             ),
             Ok(None) => (None, Body::from(bytes)),
-            Err(e) => {
-                let mut resp = ApiError::from(e).into_response();
-                cors(resp.headers_mut());
-                return resp;
-            }
+            Err(e) => return ApiError::from(e).into_response(),
         },
         Source::Stream(stream, resolved) => (resolved, Body::from_stream(stream)),
     };
@@ -173,9 +146,7 @@ fn store_error(e: common::store::Error) -> Response {
     if matches!(e, common::store::Error::NotFound(_)) {
         return not_found();
     }
-    let mut resp = ApiError::from(e).into_response();
-    cors(resp.headers_mut());
-    resp
+    ApiError::from(e).into_response()
 }
 
 fn value(s: Option<String>) -> Option<HeaderValue> {

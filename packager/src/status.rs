@@ -1,84 +1,89 @@
 //! Moment status routes: `GET /v1/moments/{id}` (JSON) and `GET /v1/moments/{id}/events`
 //! (Server-Sent Events of the same JSON as it changes; at least one event a second while
-//! transcoding). Both are scoped to the owner: another user's moment is a 404. Changes made by
-//! this process are sent at once (the database's change bus); others within a poll interval.
+//! transcoding). Both are scoped to the owner: another user's moment is a 404.
+//!
+//! A watcher reads the moment again only when the database's change channel names it: changes
+//! of this process at once, of other processes through PostgreSQL `LISTEN/NOTIFY` (one listener
+//! per process, fanned out in memory), so 1,000 watchers cost no queries while nothing changes.
+//! Where other processes cannot be heard (SQLite, or the listener reconnecting) each watcher
+//! also polls every 250 ms; with the listener it re-reads only every [`SAFETY_POLL`].
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::ApiError;
-use common::auth::{Auth, StreamUser, User};
+use common::auth::{StreamUser, User};
 use common::db::Db;
 use common::moment::{self, Moment, State as MomentState};
+use common::service::Shared;
 use futures::Stream;
 use serde_json::{Value, json};
 
+/// How often a watcher re-reads its moment when other processes' changes reach it anyway (a
+/// last safety net; 1,000 watchers cost 3.3 reads/s).
+pub const SAFETY_POLL: Duration = Duration::from_secs(300);
+/// How often a watcher polls when they cannot reach it.
+const POLL: Duration = Duration::from_millis(250);
+/// Heartbeat while transcoding.
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+
 /// What the routes need.
 #[derive(Clone)]
-pub struct ApiState {
-    /// Moments live here.
-    pub db: Db,
-    /// Token verifier.
-    pub auth: Arc<Auth>,
+pub struct StatusState {
+    /// Database, auth and the rest.
+    pub shared: Shared,
     /// `MOMENTS_PUBLIC_BASE_URL`, when set.
     pub public_base_url: Option<String>,
     /// `host:port` of the HTTP (TCP) origin, for URLs answered to HTTP/3 requests (players
     /// fetch HLS over TCP).
     pub http_origin: Option<String>,
+    /// Moment reads made by SSE watchers (`moments_sse_moment_reads_total`).
+    pub watcher_reads: prometheus_client::metrics::counter::Counter,
+    /// Open SSE watchers (`moments_sse_watchers`).
+    pub watchers: prometheus_client::metrics::gauge::Gauge,
 }
 
-impl FromRef<ApiState> for Arc<Auth> {
-    fn from_ref(s: &ApiState) -> Self {
-        s.auth.clone()
+impl StatusState {
+    /// Registers the watcher metrics.
+    pub fn register(&self, metrics: &common::metrics::Metrics) {
+        metrics.register(
+            "sse_moment_reads",
+            "Moment reads made by SSE watchers (changes heard, polls where none can be heard)",
+            self.watcher_reads.clone(),
+        );
+        metrics.register("sse_watchers", "Open SSE watchers", self.watchers.clone());
     }
 }
 
-impl FromRef<ApiState> for Db {
-    fn from_ref(s: &ApiState) -> Self {
-        s.db.clone()
+/// Keeps `moments_sse_watchers` right however a stream ends.
+struct Watching(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
+
+common::shared_state!(StatusState);
 
 /// The routes.
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: StatusState) -> Router {
     Router::new()
         .route("/v1/moments/{id}", get(get_moment))
         .route("/v1/moments/{id}/events", get(events))
         .with_state(state)
 }
 
-/// The host clients reached us by (for absolute URLs to the built-in origin). Requests that
-/// came over HTTP/3 get the TCP origin instead.
-pub fn request_host(
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-    version: axum::http::Version,
-    http_origin: Option<&str>,
-) -> String {
-    if version == axum::http::Version::HTTP_3
-        && let Some(o) = http_origin
-    {
-        return o.to_string();
-    }
-    headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| "127.0.0.1:8080".to_string())
-}
-
 /// The public JSON of a moment.
 pub fn view(m: &Moment, public_base: Option<&str>, host: &str) -> Value {
     let published = &m.renditions;
     let ready = m.state == MomentState::Ready;
-    let url = |key: &str| packager::origin::object_url(public_base, host, key);
+    let url = |key: &str| crate::origin::object_url(public_base, host, key);
     json!({
         "id": m.id,
         "state": m.state,
@@ -87,7 +92,7 @@ pub fn view(m: &Moment, public_base: Option<&str>, host: &str) -> Value {
         "renditions": published.get("renditions").cloned().unwrap_or(json!([])),
         "failed_renditions": published.get("failed").cloned().unwrap_or(json!([])),
         "duration": published.get("duration").cloned().unwrap_or(Value::Null),
-        "master_url": if ready { Value::String(packager::origin::master_url(public_base, host, &m.id)) } else { Value::Null },
+        "master_url": if ready { Value::String(crate::origin::master_url(public_base, host, &m.id)) } else { Value::Null },
         // the poster exists from the first decoded frame on, often while the upload arrives
         "poster_url": match (published.get("poster_key").and_then(Value::as_str), &m.detail.poster_key) {
             (Some(k), _) if ready => Value::String(url(k)),
@@ -105,32 +110,32 @@ pub fn view(m: &Moment, public_base: Option<&str>, host: &str) -> Value {
 }
 
 async fn get_moment(
-    State(s): State<ApiState>,
+    State(s): State<StatusState>,
     User(user): User,
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: axum::http::Uri,
     version: axum::http::Version,
 ) -> Result<Json<Value>, ApiError> {
-    let m = moment::get_for_user(&s.db, &id, &user)
+    let m = moment::get_for_user(&s.shared.db, &id, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
-    let host = request_host(&headers, &uri, version, s.http_origin.as_deref());
+    let host = common::http::player_host(&headers, &uri, version, s.http_origin.as_deref());
     Ok(Json(view(&m, s.public_base_url.as_deref(), &host)))
 }
 
 async fn events(
-    State(s): State<ApiState>,
+    State(s): State<StatusState>,
     StreamUser(user): StreamUser,
     Path(id): Path<String>,
     headers: HeaderMap,
     uri: axum::http::Uri,
     version: axum::http::Version,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let first = moment::get_for_user(&s.db, &id, &user)
+    let first = moment::get_for_user(&s.shared.db, &id, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
-    let host = request_host(&headers, &uri, version, s.http_origin.as_deref());
+    let host = common::http::player_host(&headers, &uri, version, s.http_origin.as_deref());
     struct St {
         changes: tokio::sync::broadcast::Receiver<common::db::Change>,
         db: Db,
@@ -140,11 +145,18 @@ async fn events(
         pending: Option<Moment>,
         last: Option<Value>,
         last_sent: Instant,
+        last_read: Instant,
         done: bool,
+        reads: prometheus_client::metrics::counter::Counter,
+        _watching: Watching,
     }
+    s.watchers.inc();
     let st = St {
-        changes: s.db.subscribe(),
-        db: s.db.clone(),
+        _watching: Watching(s.watchers.clone()),
+        changes: s.shared.db.subscribe(),
+        db: s.shared.db.clone(),
+        reads: s.watcher_reads.clone(),
+        last_read: Instant::now(),
         id,
         base: s.public_base_url.clone(),
         host,
@@ -166,6 +178,7 @@ async fn events(
                         loop {
                             match st.changes.recv().await {
                                 Ok(common::db::Change::Moment(m)) if m == id => return,
+                                Ok(common::db::Change::Resync) => return,
                                 Ok(_) => {}
                                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                                 Err(tokio::sync::broadcast::error::RecvError::Closed) => {
@@ -174,7 +187,29 @@ async fn events(
                             }
                         }
                     };
-                    let _ = tokio::time::timeout(Duration::from_millis(250), changed).await;
+                    let hears = st.db.hears_other_nodes();
+                    let poll = if hears { SAFETY_POLL } else { POLL };
+                    let transcoding = st
+                        .last
+                        .as_ref()
+                        .is_some_and(|v| v["state"] == "transcoding");
+                    let wait = if transcoding {
+                        HEARTBEAT.saturating_sub(st.last_sent.elapsed())
+                    } else {
+                        poll
+                    }
+                    .min(poll.saturating_sub(st.last_read.elapsed()));
+                    let woken = tokio::time::timeout(wait, changed).await.is_ok();
+                    if !woken && st.last_read.elapsed() < poll {
+                        // only the heartbeat is due: send the last state again, no read
+                        if let Some(v) = st.last.clone() {
+                            st.last_sent = Instant::now();
+                            let ev = SseEvent::default().event("moment").data(v.to_string());
+                            return Some((Ok(ev), st));
+                        }
+                    }
+                    st.last_read = Instant::now();
+                    st.reads.inc();
                     match moment::get(&st.db, &st.id).await {
                         Ok(Some(m)) => m,
                         Ok(None) => return None,
@@ -184,8 +219,8 @@ async fn events(
             };
             let v = view(&m, st.base.as_deref(), &st.host);
             let changed = st.last.as_ref() != Some(&v);
-            let heartbeat = m.state == MomentState::Transcoding
-                && st.last_sent.elapsed() >= Duration::from_millis(1000);
+            let heartbeat =
+                m.state == MomentState::Transcoding && st.last_sent.elapsed() >= HEARTBEAT;
             if changed || heartbeat {
                 st.last = Some(v.clone());
                 st.last_sent = Instant::now();
