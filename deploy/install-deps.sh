@@ -22,6 +22,9 @@ pkgs=(
   python3-pip python3-venv curl ca-certificates iproute2 unzip
   # a real NATS server (JetStream) for the message-bus tests, which start their own
   nats-server
+  # deploy/lint-deploy.sh: promtool (checks the Prometheus config, alert rules and their unit
+  # tests) and psql (runs the KEDA scaler's queries against the real schema)
+  prometheus postgresql-client
 )
 
 for arg in "$@"; do
