@@ -1,5 +1,5 @@
-//! The tus protocol over real HTTP: every bad input gets its status and reason, nothing
-//! acknowledged is lost, and a completed upload queues its moment.
+//! The tus protocol over real HTTP, on SQLite and on PostgreSQL: every bad input gets its
+//! status and reason, nothing acknowledged is lost, and a completed upload queues its moment.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use common::testing::PgTestDb;
 use reqwest::{Client, Method, StatusCode};
 use sha2::Digest;
 use support::{Backend, Server};
@@ -85,8 +86,14 @@ async fn reason(r: reqwest::Response) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn options_advertise_the_protocol() {
+    for pg in support::databases().await {
+        options_advertise_the_protocol_on(pg.as_ref()).await;
+    }
+}
+
+async fn options_advertise_the_protocol_on(pg: Option<&PgTestDb>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &Backend::Local).await;
+    let s = Server::start_with(dir.path(), &Backend::Local, pg).await;
     let r = Client::new()
         .request(Method::OPTIONS, format!("{}/files", s.base()))
         .send()
@@ -106,19 +113,45 @@ async fn options_advertise_the_protocol() {
     assert_eq!(h["tus-checksum-algorithm"], "sha1,sha256");
     // the configured limit (the test server's 64 MiB), as the README says
     assert_eq!(h["tus-max-size"], (64 * 1024 * 1024).to_string());
+    // a browser's CORS preflight (tus-js-client) may send the tus headers
+    let r = Client::new()
+        .request(Method::OPTIONS, format!("{}/files", s.base()))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PATCH")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    for want in ["Upload-Offset", "Tus-Resumable", "Upload-Checksum"] {
+        assert!(
+            h["access-control-allow-headers"]
+                .to_str()
+                .unwrap()
+                .contains(want),
+            "{want}"
+        );
+    }
     assert!(
-        h["access-control-allow-headers"]
+        h["access-control-allow-methods"]
             .to_str()
             .unwrap()
-            .contains("Upload-Offset")
+            .contains("PATCH")
     );
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_complete_upload_queues_its_moment() {
+    for pg in support::databases().await {
+        a_complete_upload_queues_its_moment_on(pg.as_ref()).await;
+    }
+}
+
+async fn a_complete_upload_queues_its_moment_on(pg: Option<&PgTestDb>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &Backend::Local).await;
+    let s = Server::start_with(dir.path(), &Backend::Local, pg).await;
     let t = Tus::new(&s, "alice");
     let data = support::data(1_500_000, 7);
     // creation-with-upload carries the first bytes
@@ -175,8 +208,14 @@ async fn a_complete_upload_queues_its_moment() {
 
 #[tokio::test]
 async fn every_bad_request_gets_its_status_and_nothing_is_written() {
+    for pg in support::databases().await {
+        every_bad_request_gets_its_status_and_nothing_is_written_on(pg.as_ref()).await;
+    }
+}
+
+async fn every_bad_request_gets_its_status_and_nothing_is_written_on(pg: Option<&PgTestDb>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &Backend::Local).await;
+    let s = Server::start_with(dir.path(), &Backend::Local, pg).await;
     let t = Tus::new(&s, "alice");
     let path = t.create(1000).await;
     let raw = |m: Method, p: &str| {
@@ -355,18 +394,17 @@ async fn every_bad_request_gets_its_status_and_nothing_is_written() {
 
 #[tokio::test]
 async fn expired_uploads_answer_410_and_are_swept() {
+    for pg in support::databases().await {
+        expired_uploads_answer_410_and_are_swept_on(pg.as_ref()).await;
+    }
+}
+
+async fn expired_uploads_answer_410_and_are_swept_on(pg: Option<&PgTestDb>) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = support::config();
     cfg.expires_secs = 1;
     cfg.cleanup_interval_secs = 1;
-    let s = Server::start_at(
-        dir.path(),
-        &Backend::Local,
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        cfg.clone(),
-    )
-    .await;
+    let s = Server::start_cfg(dir.path(), &Backend::Local, pg, cfg.clone()).await;
     let t = Tus::new(&s, "alice");
     let path = t.create(100).await;
     assert_eq!(t.patch(&path, 0, vec![1u8; 10]).await.status(), 204);
@@ -378,12 +416,15 @@ async fn expired_uploads_answer_410_and_are_swept() {
     assert_eq!(t.patch(&path, 10, vec![1u8; 10]).await.status(), 410);
     // the sweeper removes bytes and rows
     let state = ingest::handler::IngestState::new(
-        s.db.clone(),
-        s.store.clone(),
-        s.queue.clone(),
-        std::sync::Arc::new(
-            common::auth::Auth::from_config(&Default::default(), dir.path()).unwrap(),
-        ),
+        common::service::Shared {
+            db: s.db.clone(),
+            store: s.store.clone(),
+            queue: s.queue.clone(),
+            auth: std::sync::Arc::new(
+                common::auth::Auth::from_config(&Default::default(), dir.path()).unwrap(),
+            ),
+            metrics: common::metrics::Metrics::new("test"),
+        },
         cfg,
         5 << 20,
         Default::default(),
@@ -405,8 +446,14 @@ async fn expired_uploads_answer_410_and_are_swept() {
 
 #[tokio::test]
 async fn per_user_upload_limit() {
+    for pg in support::databases().await {
+        per_user_upload_limit_on(pg.as_ref()).await;
+    }
+}
+
+async fn per_user_upload_limit_on(pg: Option<&PgTestDb>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &Backend::Local).await;
+    let s = Server::start_with(dir.path(), &Backend::Local, pg).await;
     let t = Tus::new(&s, "alice");
     for _ in 0..5 {
         t.create(10).await;
@@ -447,33 +494,46 @@ async fn a_patch_cut_mid_body_keeps_durable_bytes_and_head_tells_the_truth() {
         Backend::Local,
         Backend::S3(std::sync::Arc::new(common::testing::S3Server::start())),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Server::start(dir.path(), &backend).await;
-        let t = Tus::new(&s, "alice");
-        let data = support::data(12 << 20, 3);
-        let path = t.create(data.len() as u64).await;
-        // 7 MiB of a promised 12 MiB, then the connection dies
-        cut_patch(&s, &path, &t.token, 0, data.len(), &data[..7 << 20]).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let offset = t.offset(&path).await;
-        assert!(offset > 0 && offset <= 7 << 20, "offset {offset}");
-        // a resume from the reported offset completes the upload intact
-        let r = t
-            .patch(&path, offset, data[offset as usize..].to_vec())
-            .await;
-        assert_eq!(r.status(), 204, "{:?}", r.text().await);
-        assert_eq!(
-            support::stored_sha256(&s, &path).await,
-            support::sha256(&data)
-        );
-        s.stop().await;
+        for pg in support::databases().await {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Server::start_with(dir.path(), &backend, pg.as_ref()).await;
+            let t = Tus::new(&s, "alice");
+            let data = support::data(12 << 20, 3);
+            let path = t.create(data.len() as u64).await;
+            // 7 MiB of a promised 12 MiB, then the connection dies
+            cut_patch(&s, &path, &t.token, 0, data.len(), &data[..7 << 20]).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let offset = t.offset(&path).await;
+            assert!(offset > 0 && offset <= 7 << 20, "offset {offset}");
+            // a resume from the reported offset completes the upload intact
+            let r = t
+                .patch(&path, offset, data[offset as usize..].to_vec())
+                .await;
+            assert_eq!(r.status(), 204, "{:?}", r.text().await);
+            assert_eq!(
+                support::stored_sha256(&s, &path).await,
+                support::sha256(&data)
+            );
+            s.stop().await;
+        }
     }
 }
 
 #[tokio::test]
 async fn a_second_concurrent_patch_is_refused_and_a_dead_lock_holder_does_not_block_for_long() {
+    for pg in support::databases().await {
+        a_second_concurrent_patch_is_refused_and_a_dead_lock_holder_does_not_block_for_long_on(
+            pg.as_ref(),
+        )
+        .await;
+    }
+}
+
+async fn a_second_concurrent_patch_is_refused_and_a_dead_lock_holder_does_not_block_for_long_on(
+    pg: Option<&PgTestDb>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path(), &Backend::Local).await;
+    let s = Server::start_with(dir.path(), &Backend::Local, pg).await;
     let t = Tus::new(&s, "alice");
     let path = t.create(1 << 20).await;
     // a PATCH that sends a little and then stalls (connection kept open)

@@ -1,7 +1,8 @@
 //! Voice Q&A end to end over the WebSocket, against a local stand-in for the LLM (an SSE
 //! server streaming a five-sentence reply token by token with realistic delays — the only test
 //! double, standing in for a paid API). Everything else is real: eSpeak NG, Opus via GStreamer,
-//! pocketsphinx, the queue and its summary job, the database.
+//! pocketsphinx, the queue and its summary job, the database (each session test runs on SQLite
+//! and on PostgreSQL).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -17,6 +18,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use common::moment::{self, State as MomentState};
 use common::store::{Key, PutOptions};
+use common::testing::PgTestDb;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -106,6 +108,25 @@ async fn fake_llm() -> (String, Fake) {
     (format!("http://{addr}/v1"), f)
 }
 
+/// A session test as two tests: `NAME::sqlite` and `NAME::postgres`.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(None).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                // None only with the explicit opt-out MOMENTS_TEST_SKIP_PG=1 (it says so)
+                if let Some(pg) = common::testing::fresh_pg().await {
+                    super::$name(Some(pg)).await
+                }
+            }
+        }
+    };
+}
+
 struct Env {
     running: moments::app::Running,
     base: String,
@@ -115,7 +136,12 @@ struct Env {
     dir: tempfile::TempDir,
 }
 
-async fn start(llm: Option<String>, tweak: impl FnOnce(&mut moments::Config)) -> Env {
+/// Starts every role on SQLite, or on PostgreSQL when `pg` is given.
+async fn start(
+    pg: &Option<PgTestDb>,
+    llm: Option<String>,
+    tweak: impl FnOnce(&mut moments::Config),
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let mut config = moments::Config {
         data_dir: dir.path().join("data"),
@@ -127,6 +153,7 @@ async fn start(llm: Option<String>, tweak: impl FnOnce(&mut moments::Config)) ->
     config.voice.llm_url = llm;
     config.voice.llm_first_token_timeout_ms = 1500;
     config.voice.breaker_failures = 2;
+    config.database.url = pg.as_ref().map(|p| p.url.clone());
     tweak(&mut config);
     let running = moments::app::start(config, moments::app::all_roles())
         .await
@@ -321,13 +348,15 @@ fn ogg_seconds(dir: &std::path::Path, name: &str, bytes: &[u8]) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answers() {
+on_both!(a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answers);
+async fn a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answers(
+    pg: Option<PgTestDb>,
+) {
     let (llm, fake) = fake_llm().await;
     // with the neural engines when they are installed (CI installs them), as users hear it
     let models = common::testing::voice_models();
     let neural = models.is_some();
-    let env = start(Some(llm), |c| c.voice.models_dir = models).await;
+    let env = start(&pg, Some(llm), |c| c.voice.models_dir = models).await;
     let mut ws = open(&env, "ogg").await;
 
     // round 1: the question streams; audio starts long before the LLM has finished
@@ -382,6 +411,32 @@ async fn a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answe
     let text = req1.to_string();
     assert!(text.contains("data:image/jpeg;base64,"), "poster inlined");
     assert!(text.contains("12-second portrait video"), "{text}");
+    // the moment changes elsewhere (another connection pool with its own change channel, as
+    // another node would): the next question is written from the new facts
+    let other = common::db::Db::connect(
+        &pg.as_ref().map_or_else(
+            || {
+                format!(
+                    "sqlite://{}",
+                    env.dir.path().join("data/moments.db").display()
+                )
+            },
+            |p| p.url.clone(),
+        ),
+        1,
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE moments SET renditions = $1 WHERE id = $2")
+        .bind(
+            json!({"duration": 31.0, "renditions": [{"name": "720p", "width": 1280, "height": 720}]})
+                .to_string(),
+        )
+        .bind(&env.moment)
+        .execute(other.pool())
+        .await
+        .unwrap();
+    other.notify(common::db::Change::Moment(env.moment.clone()));
 
     // the answer: with the neural engines, spoken by Piper (a voice much closer to a person's
     // than eSpeak NG's, which even Whisper mishears: "I am simply with my sister at the night
@@ -430,6 +485,11 @@ async fn a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answe
         transcript,
         "round 2 runs on the transcript"
     );
+    assert!(
+        req2.to_string().contains("31-second landscape video"),
+        "round 2 knows what the moment became elsewhere: {req2}"
+    );
+    other.close().await;
     send_answer(
         &mut ws,
         "wav",
@@ -514,10 +574,12 @@ async fn a_session_streams_audio_before_the_llm_finishes_and_remembers_the_answe
     env.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_llm_trips_the_breaker_and_rounds_still_complete_with_the_local_writer() {
+on_both!(a_failing_llm_trips_the_breaker_and_rounds_still_complete_with_the_local_writer);
+async fn a_failing_llm_trips_the_breaker_and_rounds_still_complete_with_the_local_writer(
+    pg: Option<PgTestDb>,
+) {
     let (llm, fake) = fake_llm().await;
-    let env = start(Some(llm), |_| {}).await;
+    let env = start(&pg, Some(llm), |_| {}).await;
     fake.mode.store(FAIL, Ordering::SeqCst);
     for session in 0..3 {
         let before = fake.requests.lock().unwrap().len();
@@ -543,10 +605,12 @@ async fn a_failing_llm_trips_the_breaker_and_rounds_still_complete_with_the_loca
     env.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn llm_stalls_and_breaks_and_bad_answers_get_clear_errors_and_the_session_stays_usable() {
+on_both!(llm_stalls_and_breaks_and_bad_answers_get_clear_errors_and_the_session_stays_usable);
+async fn llm_stalls_and_breaks_and_bad_answers_get_clear_errors_and_the_session_stays_usable(
+    pg: Option<PgTestDb>,
+) {
     let (llm, fake) = fake_llm().await;
-    let env = start(Some(llm), |c| {
+    let env = start(&pg, Some(llm), |c| {
         c.voice.max_answer_bytes = 400_000;
         c.voice.breaker_failures = 10;
     })
@@ -647,10 +711,12 @@ async fn llm_stalls_and_breaks_and_bad_answers_get_clear_errors_and_the_session_
     env.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_stops_the_llm_stream_and_barge_in_stops_the_question() {
+on_both!(a_client_that_leaves_stops_the_llm_stream_and_barge_in_stops_the_question);
+async fn a_client_that_leaves_stops_the_llm_stream_and_barge_in_stops_the_question(
+    pg: Option<PgTestDb>,
+) {
     let (llm, fake) = fake_llm().await;
-    let env = start(Some(llm), |_| {}).await;
+    let env = start(&pg, Some(llm), |_| {}).await;
     fake.mode.store(NORMAL, Ordering::SeqCst);
     // barge-in: answering during the question stops it
     let mut ws = open(&env, "ogg").await;
@@ -679,9 +745,9 @@ async fn a_client_that_leaves_stops_the_llm_stream_and_barge_in_stops_the_questi
     env.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_typed_answer_stands_in_for_the_microphone_and_bad_ones_get_errors() {
-    let env = start(None, |_| {}).await;
+on_both!(a_typed_answer_stands_in_for_the_microphone_and_bad_ones_get_errors);
+async fn a_typed_answer_stands_in_for_the_microphone_and_bad_ones_get_errors(pg: Option<PgTestDb>) {
+    let env = start(&pg, None, |_| {}).await;
     let mut ws = open(&env, "ogg").await;
     let _ = read_until(&mut ws, |v| v["type"] == "metrics").await;
     for bad in [
@@ -724,7 +790,7 @@ async fn a_typed_answer_stands_in_for_the_microphone_and_bad_ones_get_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engines_on_their_own_asr_and_tts() {
-    let env = start(None, |_| {}).await;
+    let env = start(&None, None, |_| {}).await;
     let http = reqwest::Client::new();
     // TTS: sentence by sentence, a chained Ogg stream
     let resp = http

@@ -93,6 +93,25 @@ impl Server {
         .await
     }
 
+    /// As [`Server::start_with`], with `cfg` for the ingest settings.
+    pub async fn start_cfg(
+        dir: &Path,
+        backend: &Backend,
+        pg: Option<&common::testing::PgTestDb>,
+        cfg: ingest::Config,
+    ) -> Server {
+        Self::start_full(
+            dir,
+            backend,
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            cfg,
+            pg.map(|p| p.url.clone()),
+            true,
+        )
+        .await
+    }
+
     pub async fn start_at(
         dir: &Path,
         backend: &Backend,
@@ -137,15 +156,19 @@ impl Server {
         let queue = Queue::new(db.clone(), Default::default());
         let metrics = common::metrics::Metrics::new("test");
         let state = ingest::handler::IngestState::new(
-            db.clone(),
-            store.clone(),
-            queue.clone(),
-            auth,
+            common::service::Shared {
+                db: db.clone(),
+                store: store.clone(),
+                queue: queue.clone(),
+                auth,
+                metrics: metrics.clone(),
+            },
             cfg,
             5 * 1024 * 1024,
             ingest::handler::IngestMetrics::register(&metrics),
         );
-        let router: Router = ingest::handler::router(state);
+        let router: Router =
+            ingest::handler::router(state).layer(axum::middleware::from_fn(common::http::cors));
         let identity = common::server::tls::ensure_self_signed(dir).unwrap();
         // ports may still be held for a moment after a restart
         let mut tries = 0;
@@ -226,8 +249,8 @@ impl Server {
     }
 }
 
-/// The databases a test runs on: SQLite (`None`), and a fresh PostgreSQL database when one
-/// is reachable (required when `MOMENTS_TEST_REQUIRE_PG=1`, as in CI).
+/// The databases a test runs on: SQLite (`None`) and a fresh PostgreSQL database
+/// (an unreachable server fails, unless `MOMENTS_TEST_SKIP_PG=1`).
 pub async fn databases() -> Vec<Option<common::testing::PgTestDb>> {
     let mut all = vec![None];
     if let Some(pg) = common::testing::fresh_pg().await {
