@@ -75,7 +75,8 @@ impl Node {
             .env("AWS_ACCESS_KEY_ID", &s3.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
             .env("AWS_REGION", "us-east-1")
-            .env("RUST_LOG", "warn")
+            // what each role loads: FFmpeg (transcode) and the voice engines (asr_tts)
+            .env("RUST_LOG", "warn,transcode=info,asr_tts=info")
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -105,6 +106,11 @@ impl Node {
             assert!(Instant::now() < deadline, "{} never got ready", self.http);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// What the process wrote to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log.txt")).unwrap_or_default()
     }
 
     fn kill(&mut self) {
@@ -498,6 +504,32 @@ async fn run(workers: usize, uploads: usize, faults: bool, clip: Clip) -> Figure
             "{states:?}"
         );
     }
+    // a process loads only what its roles need: no FFmpeg on an ingest node, no voice model
+    // on a worker (nor on an ingest node)
+    for n in [&a, &b] {
+        let log = n.log();
+        assert!(
+            !log.contains("FFmpeg initialised"),
+            "an ingest node started FFmpeg: {log}"
+        );
+        assert!(
+            !log.contains("TTS:") && !log.contains("ASR:"),
+            "an ingest node loaded a voice engine: {log}"
+        );
+    }
+    let mut transcoded = 0;
+    for n in &pool {
+        let log = n.log();
+        transcoded += usize::from(log.contains("FFmpeg initialised"));
+        assert!(
+            !log.contains("TTS:") && !log.contains("ASR:"),
+            "a worker loaded a voice engine: {log}"
+        );
+    }
+    assert!(
+        transcoded >= 1,
+        "no worker logged FFmpeg's start (is the log line gone?)"
+    );
     for n in &mut pool {
         n.kill();
     }

@@ -166,6 +166,8 @@ pub fn init() {
     INIT.call_once(|| {
         let _ = ff::init();
         ff::util::log::set_level(ff::util::log::Level::Fatal);
+        // a role that never transcodes never gets here (the scale-out test checks the logs)
+        tracing::info!("FFmpeg initialised");
     });
 }
 
