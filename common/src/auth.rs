@@ -190,6 +190,8 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
         validation.leeway = 30;
+        // a token that is not valid yet (`nbf` in the future) is refused like an expired one
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Auth {
             key,
@@ -437,6 +439,25 @@ mod tests {
         let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap();
         let err = auth.user_from_headers(&bearer(&token)).unwrap_err();
         assert!(err.to_string().contains("Expired"), "{err}");
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let (_d, private, auth) = keys();
+        let key = EncodingKey::from_ed_pem(private.as_bytes()).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |nbf: u64| {
+            let claims =
+                serde_json::json!({"sub": "alice", "iat": now, "nbf": nbf, "exp": now + 7200});
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap()
+        };
+        let err = auth
+            .user_from_headers(&bearer(&token(now + 3600)))
+            .unwrap_err();
+        assert!(err.to_string().contains("Immature"), "{err}");
+        // within the clock leeway, and in the past: accepted
+        assert!(auth.user_from_headers(&bearer(&token(now + 10))).is_ok());
+        assert!(auth.user_from_headers(&bearer(&token(now - 60))).is_ok());
     }
 
     #[test]

@@ -125,6 +125,35 @@ pub fn player_host(
         .unwrap_or_else(|| "127.0.0.1:8080".to_string())
 }
 
+/// Refuses a request whose header section (names, values and the `": "` and CRLF around each)
+/// is larger than `limit` bytes with `431 {"error", "code": "headers_too_large"}`, on every
+/// transport alike (hyper's own HTTP/1 limit is hundreds of kB, HTTP/3's is the peer's
+/// setting). Use with `axum::middleware::from_fn_with_state(limit, header_limit)`.
+pub async fn header_limit(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let size = header_bytes(req.headers());
+    if size > limit {
+        return crate::error::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's headers are {size} bytes; at most {limit} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The size of a header section as HTTP/1.1 writes it.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

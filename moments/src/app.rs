@@ -180,9 +180,13 @@ impl Services {
         Ok(all)
     }
 
-    /// A router with the shared layers: CORS and request metrics.
+    /// A router with the shared layers: the header size limit, CORS and request metrics.
     pub fn layered(&self, router: Router) -> Router {
         router
+            .layer(axum::middleware::from_fn_with_state(
+                self.config.http.max_header_bytes,
+                common::http::header_limit,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.shared.metrics.clone(),
                 common::metrics::track,

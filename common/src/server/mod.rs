@@ -24,6 +24,8 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// How long shutdown waits for in-flight requests (seconds).
     pub shutdown_grace_secs: u64,
+    /// The largest request header section accepted (bytes); larger ones get `431`.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -31,6 +33,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 10,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
