@@ -13,6 +13,9 @@
 #                           (default postgres://postgres@127.0.0.1:5432/test)
 #   MOMENTS_TEST_SKIP_PG    1: skip (with a notice) the PostgreSQL halves instead of failing
 #                           when PostgreSQL is unreachable (CI never sets it)
+#   MOMENTS_TEST_REDIS_URL  Redis for the shared rate-limit tests (default redis://127.0.0.1:6379)
+#   MOMENTS_TEST_SKIP_REDIS 1: skip the Redis rate-limit tests instead of failing when Redis is
+#                           unreachable (CI never sets it)
 #   MOMENTS_TEST_MODELS_DIR where the neural voice models are installed for the tests
 #                           (default ~/.cache/moments/models, shared by clones)
 #   MOMENTS_TEST_SKIP_MODELS 1: skip the neural engines' tests instead of failing when the

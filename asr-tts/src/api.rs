@@ -62,6 +62,10 @@ async fn create_session(
     common::moment::get_for_user(&s.voice.db, &moment, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
+    s.shared
+        .limiter
+        .take(common::limit::Kind::QaSessions, &user, 1)
+        .await?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let audio = match req.audio.as_deref() {
         None => AudioOut::Ogg,
@@ -104,11 +108,15 @@ struct AsrQuery {
 
 async fn asr(
     State(s): State<VoiceState>,
-    User(_user): User,
+    User(user): User,
     Query(q): Query<AsrQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    s.shared
+        .limiter
+        .take(common::limit::Kind::Speech, &user, 1)
+        .await?;
     let declared = q.format.clone().or_else(|| {
         headers
             .get(header::CONTENT_TYPE)
@@ -166,9 +174,13 @@ struct TtsRequest {
 /// samples (the rate is in `X-Sample-Rate`).
 async fn tts(
     State(s): State<VoiceState>,
-    User(_user): User,
+    User(user): User,
     Json(req): Json<TtsRequest>,
 ) -> Result<Response, ApiError> {
+    s.shared
+        .limiter
+        .take(common::limit::Kind::Speech, &user, 1)
+        .await?;
     let format = match req.format.as_deref() {
         None => AudioOut::Ogg,
         Some(f) => AudioOut::parse(f)

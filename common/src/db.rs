@@ -110,6 +110,8 @@ pub enum Change {
     Events,
     /// Jobs were queued or became runnable (wakes idle workers).
     Jobs,
+    /// A token or a user's tokens were revoked (every node re-reads its revocations).
+    Revoked,
     /// This process (re)connected its listener: changes of other processes may have been
     /// missed while it was away, so anything may have changed (local only, never sent).
     Resync,
@@ -128,6 +130,7 @@ impl Change {
             Change::Object(key) => format!("o {key}"),
             Change::Events => "e".into(),
             Change::Jobs => "j".into(),
+            Change::Revoked => "v".into(),
             Change::Resync => "r".into(),
         }
     }
@@ -140,6 +143,7 @@ impl Change {
             "o" if !rest.is_empty() => Some(Change::Object(rest.to_string())),
             "e" => Some(Change::Events),
             "j" => Some(Change::Jobs),
+            "v" => Some(Change::Revoked),
             _ => None,
         }
     }

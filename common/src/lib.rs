@@ -17,6 +17,7 @@ mod fsutil;
 pub mod h3client;
 pub mod http;
 pub mod ids;
+pub mod limit;
 pub mod metrics;
 pub mod moment;
 pub mod ops;

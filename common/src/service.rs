@@ -28,6 +28,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The durable job queue.
     pub queue: Queue,
+    /// Per-user rate limits.
+    pub limiter: Arc<crate::limit::Limiter>,
 }
 
 /// The sections [`Shared::open`] reads.
@@ -44,6 +46,8 @@ pub struct SharedConfig<'a> {
     pub auth: &'a crate::auth::Config,
     /// `[queue]`.
     pub queue: &'a crate::queue::Config,
+    /// `[limits]`.
+    pub limits: &'a crate::limit::Config,
     /// The build's version, for `moments_build_info`.
     pub version: &'a str,
 }
@@ -57,20 +61,32 @@ impl Shared {
         let db = Db::connect_config(c.database_url, c.database).await?;
         let store = crate::store::open(c.storage, c.data_dir).await?;
         let auth = Arc::new(Auth::from_config(c.auth, c.data_dir)?);
+        // revoked tokens are refused from the first request on, then kept current
+        auth.revocations()
+            .refresh(&db)
+            .await
+            .context("cannot read the token revocations")?;
+        auth.revocations().spawn_refresh(
+            db.clone(),
+            std::time::Duration::from_millis(c.auth.revocation_poll_ms),
+        );
         let metrics = Metrics::new(c.version);
         let queue = Queue::new(db.clone(), c.queue.clone());
+        let limiter =
+            Arc::new(crate::limit::Limiter::new(c.limits, &metrics).map_err(anyhow::Error::msg)?);
         Ok(Shared {
             db,
             store,
             auth,
             metrics,
             queue,
+            limiter,
         })
     }
 }
 
 /// Implements axum's `FromRef` from a state type with a `shared: Shared` field to each of the
-/// shared handles (`Db`, `Store`, `Arc<Auth>`, `Arc<Metrics>`, `Queue`), so every crate's
+/// shared handles (`Db`, `Store`, `Arc<Auth>`, `Arc<Metrics>`, `Queue`, `Arc<Limiter>`), so every crate's
 /// extractors (`User`, `StreamUser`, …) work on its own state without hand-written plumbing.
 #[macro_export]
 macro_rules! shared_state {
@@ -98,6 +114,11 @@ macro_rules! shared_state {
         impl ::axum::extract::FromRef<$state> for $crate::queue::Queue {
             fn from_ref(s: &$state) -> Self {
                 s.shared.queue.clone()
+            }
+        }
+        impl ::axum::extract::FromRef<$state> for ::std::sync::Arc<$crate::limit::Limiter> {
+            fn from_ref(s: &$state) -> Self {
+                s.shared.limiter.clone()
             }
         }
     };

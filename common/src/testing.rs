@@ -8,6 +8,9 @@
 //!
 //! S3: `s3s-fs` from `PATH` or `~/.cargo/bin` (installed by `deploy/install-test-tools.sh`).
 //!
+//! Redis: `MOMENTS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); tests of the shared rate
+//! limits fail when it is not reachable, unless `MOMENTS_TEST_SKIP_REDIS=1` (skip with a notice).
+//!
 //! Neural voice models: `MOMENTS_TEST_MODELS_DIR` (default `~/.cache/moments/models`, where
 //! `deploy/test.sh` installs them with `deploy/install-models.sh`). Tests of the neural engines
 //! fail when they are not there, unless `MOMENTS_TEST_SKIP_MODELS=1` (skip with a notice).
@@ -65,6 +68,49 @@ impl Drop for PgTestDb {
 /// Whether the explicit opt-out variable `var` is set to `1`.
 fn opted_out(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// A reachable Redis for tests (with a key prefix of its own, so runs never share buckets).
+/// When none answers this panics, or returns `None` (after printing why) when
+/// `MOMENTS_TEST_SKIP_REDIS=1`.
+pub fn redis() -> Option<(String, String)> {
+    let url = std::env::var("MOMENTS_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let addr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_string();
+    let answered = std::net::TcpStream::connect_timeout(
+        &std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .ok()
+            .and_then(|mut a| a.next())
+            .unwrap_or_else(|| panic!("MOMENTS_TEST_REDIS_URL {url}: cannot resolve {addr}")),
+        Duration::from_secs(2),
+    )
+    .and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"PING\r\n")?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf)?;
+        Ok(buf == *b"+PONG\r\n")
+    });
+    match answered {
+        Ok(true) => Some((url, format!("moments-test:{}:", crate::ids::new_id()))),
+        other => {
+            let why = format!("Redis at {url} does not answer PING: {other:?}");
+            if opted_out("MOMENTS_TEST_SKIP_REDIS") {
+                eprintln!("NOTICE: skipping a Redis test: {why}");
+                None
+            } else {
+                panic!(
+                    "{why} (start it, point MOMENTS_TEST_REDIS_URL at one, or set MOMENTS_TEST_SKIP_REDIS=1 to skip)"
+                );
+            }
+        }
+    }
 }
 
 /// Creates a fresh PostgreSQL database. When no server is reachable this panics, or returns

@@ -21,6 +21,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 struct AppState {
     auth: Arc<Auth>,
+    limiter: Arc<common::limit::Limiter>,
+}
+
+impl FromRef<AppState> for Arc<common::limit::Limiter> {
+    fn from_ref(s: &AppState) -> Self {
+        s.limiter.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<Auth> {
@@ -70,7 +77,16 @@ async fn start() -> Harness {
         .route("/whoami", get(whoami))
         .route("/slow", get(slow))
         .route("/count", post(count))
-        .with_state(AppState { auth });
+        .with_state(AppState {
+            auth,
+            limiter: Arc::new(
+                common::limit::Limiter::new(
+                    &common::limit::Config::off(),
+                    &common::metrics::Metrics::new("test"),
+                )
+                .unwrap(),
+            ),
+        });
     let identity = common::server::tls::ensure_self_signed(dir.path()).unwrap();
     let listener = common::server::bind_http("127.0.0.1:0".parse().unwrap())
         .await

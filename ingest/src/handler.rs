@@ -289,6 +289,14 @@ pub(crate) async fn new_upload(
     length: u64,
     metadata: &str,
 ) -> Result<Upload, Response> {
+    if let Err(e) = s
+        .shared
+        .limiter
+        .take(common::limit::Kind::Uploads, user, 1)
+        .await
+    {
+        return Err(common::ApiError::from(e).into_response());
+    }
     match record::count_active(&s.shared.db, user).await {
         Ok(n) if n >= i64::from(s.config.max_active_per_user) => {
             return Err(api_error(
@@ -601,6 +609,31 @@ impl Hasher {
     }
 }
 
+/// Bytes read between two takes from the upload byte throttle.
+const THROTTLE_STEP: u64 = 64 << 10;
+
+/// Pays `bytes` to `user`'s upload byte throttle (`limits.upload_bytes`), waiting for the
+/// bucket to refill: `Ok(false)` when a newer request took the upload over meanwhile, `Err`
+/// (503) when the limiter fails closed.
+async fn pay(
+    s: &IngestState,
+    user: &str,
+    bytes: u64,
+    cancel: &CancellationToken,
+) -> Result<bool, Response> {
+    let wait = s
+        .shared
+        .limiter
+        .wait(common::limit::Kind::UploadBytes, user, bytes);
+    tokio::select! {
+        paid = wait => match paid {
+            Ok(_) => Ok(true),
+            Err(e) => Err(common::ApiError::from(e).into_response()),
+        },
+        _ = cancel.cancelled() => Ok(false),
+    }
+}
+
 /// Streams a request body into the upload under the write lock, making progress durable as it
 /// goes (or, with a checksum, all at once after the digest matches), and completes the upload
 /// when its last byte lands. Returns the upload as it now stands.
@@ -680,6 +713,10 @@ async fn write_locked(
     let mut stream = body.into_data_stream();
     let mut complete_body = false;
     let mut taken_over = false;
+    // the per-user byte throttle (limits.upload_bytes), paid in steps so a Redis round trip
+    // covers many small frames
+    let throttled = s.shared.limiter.is_on(common::limit::Kind::UploadBytes);
+    let mut unpaid = 0u64;
     let expires = || now_ms() + (s.config.expires_secs as i64) * 1000;
     let lock_until = || now_ms() + (stale.as_millis() as i64);
     loop {
@@ -708,6 +745,20 @@ async fn write_locked(
             ));
         }
         writer.write(&chunk).await.map_err(internal)?;
+        unpaid += chunk.len() as u64;
+        if throttled && unpaid >= THROTTLE_STEP {
+            match pay(s, &up.user_id, std::mem::take(&mut unpaid), cancel).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    taken_over = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = writer.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
         }
@@ -744,6 +795,16 @@ async fn write_locked(
                 .map_err(internal)?
             {
                 return Err(lost());
+            }
+        }
+    }
+    if throttled && unpaid > 0 && !taken_over {
+        // what the last step left unpaid (else many small PATCHes would never pay)
+        match pay(s, &up.user_id, unpaid, cancel).await {
+            Ok(paid) => taken_over = !paid,
+            Err(e) => {
+                let _ = writer.rollback().await;
+                return Err(e);
             }
         }
     }

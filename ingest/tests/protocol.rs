@@ -424,6 +424,13 @@ async fn expired_uploads_answer_410_and_are_swept_on(pg: Option<&PgTestDb>) {
                 common::auth::Auth::from_config(&Default::default(), dir.path()).unwrap(),
             ),
             metrics: common::metrics::Metrics::new("test"),
+            limiter: std::sync::Arc::new(
+                common::limit::Limiter::new(
+                    &common::limit::Config::off(),
+                    &common::metrics::Metrics::new("test"),
+                )
+                .unwrap(),
+            ),
         },
         cfg,
         5 << 20,

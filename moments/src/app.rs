@@ -103,6 +103,7 @@ impl Services {
             storage: &config.storage,
             auth: &config.auth,
             queue: &config.queue,
+            limits: &config.limits,
             version: env!("CARGO_PKG_VERSION"),
         })
         .await?;
@@ -154,6 +155,7 @@ impl Services {
             all = all
                 .merge(status)
                 .merge(common::events::service(sh, &c.events))
+                .merge(common::auth::revoke::service(sh))
                 .merge(Service::routes(crate::web::router(crate::web::WebState {
                     node_modules: c.web.node_modules.clone(),
                     dev_key: self.dev_key.clone(),
@@ -303,6 +305,7 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
         database = %common::db::redact(&services.config.database_url()),
         storage = %services.store.describe(),
         auth = %services.auth.source,
+        rate_limits = %services.limiter.describe(),
         "moments is serving"
     );
 

@@ -40,6 +40,9 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Print a development token signed with the local key under the data dir.
     Token(TokenArgs),
+    /// Revoke one token (by its jti) or every token of a user issued up to a time, on every
+    /// node within a second (writes to the configured database).
+    Revoke(RevokeArgs),
     /// Upload a video as a moment (resumable; HTTP/3 over QUIC by default).
     Upload(UploadArgs),
     /// The whole path on embedded defaults: start the service, upload a sample clip (or
@@ -123,6 +126,25 @@ pub struct TokenArgs {
     pub ttl: String,
 }
 
+/// `moments revoke`.
+#[derive(Debug, Args)]
+#[group(id = "what", required = true, multiple = false, args = ["jti", "user"])]
+pub struct RevokeArgs {
+    /// The token id (`jti` claim) to revoke.
+    #[arg(long, value_name = "JTI")]
+    pub jti: Option<String>,
+    /// With --jti: when the token expires anyway (seconds since the epoch); the record is
+    /// dropped then. Default: kept.
+    #[arg(long, value_name = "UNIX_S", requires = "jti")]
+    pub expires: Option<i64>,
+    /// Revoke every token of this user issued at or before --before.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// With --user: the cut-off (seconds since the epoch). Default: now.
+    #[arg(long, value_name = "UNIX_S", requires = "user")]
+    pub before: Option<i64>,
+}
+
 /// Installs the tracing subscriber (stderr; text or JSON). `default_filter` applies when
 /// neither `RUST_LOG` nor `log.filter` is set.
 pub fn init_logging(config: &Config, cli_format: Option<LogFormat>, default_filter: &str) {
@@ -160,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(_) => serve(config, [crate::app::Role::Worker].into_iter().collect()).await,
         Command::Token(args) => token(&config, &args),
+        Command::Revoke(args) => revoke(&config, &args).await,
         Command::Upload(args) => upload(&config, &args).await,
         Command::Demo(args) => crate::demo::run(config, args).await,
         Command::Events(args) => crate::events::run(&config, args).await,
@@ -204,6 +227,29 @@ fn token(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
         .context("the development key is needed to mint tokens")?;
     let token = common::auth::mint(&private, &args.user, ttl)?;
     println!("{token}");
+    Ok(())
+}
+
+async fn revoke(config: &Config, args: &RevokeArgs) -> anyhow::Result<()> {
+    use common::auth::revoke::Revocation;
+    let r = match (&args.jti, &args.user) {
+        (Some(jti), _) => Revocation::Token {
+            jti: jti.clone(),
+            expires: args.expires,
+        },
+        (None, Some(user)) => Revocation::User {
+            user: user.clone(),
+            before: args.before.unwrap_or_else(|| common::ids::now_ms() / 1000),
+        },
+        (None, None) => anyhow::bail!("give --jti or --user"),
+    };
+    r.validate().map_err(anyhow::Error::msg)?;
+    let db = common::db::Db::connect_config(&config.database_url(), &config.database).await?;
+    common::auth::revoke::revoke(&db, &r, "cli").await?;
+    // the other nodes see it at their next read (within auth.revocation_poll_ms) even if
+    // the notification has not gone out when the pool closes
+    db.close().await;
+    println!("{}", serde_json::json!({ "revoked": r }));
     Ok(())
 }
 

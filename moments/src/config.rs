@@ -82,6 +82,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Events for the rest of the app: webhooks and the message bus.
     pub events: common::events::Config,
+    /// Per-user rate limits (in this process, or in Redis across nodes).
+    pub limits: common::limit::Config,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             voice: Default::default(),
             web: Default::default(),
             events: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -226,6 +229,12 @@ pub const ENV: &[EnvVar] = &[
         key: "events.url",
         kind: Kind::Str,
         help: "message bus for events: nats://HOST:PORT (NATS JetStream); unset: no bus",
+    },
+    EnvVar {
+        name: "MOMENTS_REDIS_URL",
+        key: "limits.redis_url",
+        kind: Kind::Str,
+        help: "Redis holding the per-user rate limits for every node (redis://HOST:6379); unset: per process",
     },
     EnvVar {
         name: "MOMENTS_LOG_FORMAT",

@@ -1,7 +1,7 @@
 //! Every authenticated route against every kind of bad credential, as a table: no token, a
 //! malformed header, another scheme, expired, not yet valid (`nbf`), signed by another key,
-//! `alg: none`, HS256 with the public key as the HMAC secret, a bad subject, and a valid token
-//! of another user. Each bad credential gets `401 {"error", "code": "unauthorized"}` on every
+//! `alg: none`, HS256 with the public key as the HMAC secret, a bad subject, a revoked token
+//! (by its id, and by its user's cut-off), and a valid token of another user. Each bad credential gets `401 {"error", "code": "unauthorized"}` on every
 //! route; another user's moment is `404` (its existence is not revealed) and the admin routes
 //! are `403` for a user who is not an admin. Oversized request headers get `431`.
 
@@ -254,8 +254,46 @@ async fn every_route_refuses_every_bad_credential_and_other_users_moments() {
         },
     ];
 
+    // revoked: one of alice's tokens by its id, and every token of carol up to now
+    let stolen =
+        common::auth::mint(&private, "alice", std::time::Duration::from_secs(600)).unwrap();
+    let carols =
+        common::auth::mint(&private, "carol", std::time::Duration::from_secs(600)).unwrap();
+    use common::auth::revoke::{Revocation, revoke};
+    let jti = s
+        .running
+        .as_ref()
+        .unwrap()
+        .services
+        .auth
+        .verify(&stolen)
+        .unwrap()
+        .jti
+        .unwrap();
+    revoke(&s.db, &Revocation::Token { jti, expires: None }, "alice")
+        .await
+        .unwrap();
+    revoke(
+        &s.db,
+        &Revocation::User {
+            user: "carol".into(),
+            before: now(),
+        },
+        "root",
+    )
+    .await
+    .unwrap();
+    let mut credentials = bad_credentials(&private, &public, &other_private);
+    credentials.push(("revoked by its id", Some(format!("Bearer {stolen}"))));
+    credentials.push((
+        "revoked with its user's tokens",
+        Some(format!("Bearer {carols}")),
+    ));
+    // the in-process node hears its own revocations at once; give its reader a moment anyway
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
     let mut failures = Vec::new();
-    for (what, cred) in bad_credentials(&private, &public, &other_private) {
+    for (what, cred) in credentials {
         for r in &routes {
             let (status, body) = send(&s, r, cred.as_deref()).await;
             // a HEAD answer has no body
@@ -334,4 +372,238 @@ async fn oversized_request_headers_get_431_and_normal_ones_pass() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// A `moments serve --roles api` process on `dir`'s data directory and `db_url`.
+struct Node {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn api_node(dir: &std::path::Path, db_url: &str) -> Node {
+    let http = format!("127.0.0.1:{}", common::testing::free_port());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_moments"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .current_dir(dir)
+        .env("MOMENTS_HTTP_ADDR", &http)
+        .env("MOMENTS_QUIC_ADDR", quic_addr())
+        .env("MOMENTS_DATABASE_URL", db_url)
+        .args(["serve", "--roles", "api"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child,
+        base: format!("http://{http}"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http.get(format!("{}/readyz", node.base)).send().await
+            && r.status() == 200
+        {
+            return node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moments serve never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `POST /v1/tickets` with `token`: its status (200 while the token is good).
+async fn ticket_status(http: &reqwest::Client, node: &Node, token: &str) -> u16 {
+    http.post(format!("{}/v1/tickets", node.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until `node` refuses `token` with 401; returns how long that took. Fails after 1 s.
+async fn refused_within_a_second(http: &reqwest::Client, node: &Node, token: &str) -> u128 {
+    let start = std::time::Instant::now();
+    loop {
+        let status = ticket_status(http, node, token).await;
+        if status == 401 {
+            return start.elapsed().as_millis();
+        }
+        assert_eq!(status, 200, "unexpected answer while waiting");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{} still accepts a revoked token after a second",
+            node.base
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn jti(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap();
+    claims["jti"].as_str().unwrap().to_string()
+}
+
+/// Two nodes on one database: a token revoked through either (by its user, by an operator, by
+/// `moments revoke`) is refused by the other within a second; bad revocation requests get 400
+/// and a non-admin 403.
+async fn revocation_holds_across_nodes(db_url: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("moments.toml"),
+        "[auth]\nadmins = [\"root\"]\n",
+    )
+    .unwrap();
+    let (private, _) = common::auth::ensure_dev_key(&dir.path().join("data")).unwrap();
+    let mint = |user: &str| {
+        common::auth::mint(&private, user, std::time::Duration::from_secs(600)).unwrap()
+    };
+    let a = api_node(dir.path(), db_url).await;
+    let b = api_node(dir.path(), db_url).await;
+    let http = reqwest::Client::new();
+    let (t1, t2, dave, root) = (mint("alice"), mint("alice"), mint("dave"), mint("root"));
+    for t in [&t1, &t2, &dave, &root] {
+        assert_eq!(ticket_status(&http, &a, t).await, 200);
+        assert_eq!(ticket_status(&http, &b, t).await, 200);
+    }
+    let mut took = Vec::new();
+
+    // alice revokes the token she sends, on node A: B refuses it, her other token still works
+    let r = http
+        .post(format!("{}/v1/auth/revoke", a.base))
+        .bearer_auth(&t1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["revoked"]["jti"], jti(&t1).as_str(), "{body}");
+    took.push(refused_within_a_second(&http, &b, &t1).await);
+    assert_eq!(ticket_status(&http, &a, &t1).await, 401);
+    assert_eq!(ticket_status(&http, &b, &t2).await, 200);
+
+    // "log out everywhere" on B: A refuses t2; a token issued afterwards works
+    let r = http
+        .post(format!("{}/v1/auth/revoke", b.base))
+        .bearer_auth(&t2)
+        .header("content-type", "application/json")
+        .body(r#"{"all": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    took.push(refused_within_a_second(&http, &a, &t2).await);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the next second
+    let t3 = mint("alice");
+    assert_eq!(ticket_status(&http, &a, &t3).await, 200);
+    assert_eq!(ticket_status(&http, &b, &t3).await, 200);
+
+    // the operators' route: 403 for alice, bad bodies 400, then dave is cut off on both
+    let admin = |token: &str, body: &str| {
+        http.post(format!("{}/v1/admin/revocations", a.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = admin(&t3, r#"{"user": "dave"}"#).await.unwrap();
+    assert_eq!(r.status(), 403);
+    for bad in [
+        r#"{"jti": "x", "user": "dave"}"#,
+        r#"{}"#,
+        r#"{"user": "da ve"}"#,
+        r#"{"jti": ""}"#,
+        r#"{"user": "dave", "before": -5}"#,
+        r#"{"user": "dave", "bogus": 1}"#,
+        "not json",
+    ] {
+        let r = admin(&root, bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "bad_request", "{bad}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(
+        ticket_status(&http, &b, &dave).await,
+        200,
+        "bad requests revoked nothing"
+    );
+    let r = admin(&root, r#"{"user": "dave"}"#).await.unwrap();
+    assert_eq!(r.status(), 201);
+    took.push(refused_within_a_second(&http, &b, &dave).await);
+    let r = http
+        .post(format!("{}/v1/auth/revoke", a.base))
+        .bearer_auth(&t3)
+        .body("{\"everything\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an unknown field is refused");
+
+    // an operator on the command line
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moments"))
+        .current_dir(dir.path())
+        .env("MOMENTS_DATABASE_URL", db_url)
+        .args(["revoke", "--jti", &jti(&t3)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took.push(refused_within_a_second(&http, &a, &t3).await);
+    took.push(refused_within_a_second(&http, &b, &t3).await);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moments"))
+        .current_dir(dir.path())
+        .env("MOMENTS_DATABASE_URL", db_url)
+        .args(["revoke", "--user", "a b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("user id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("revoked tokens refused by the other node after {took:?} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_on_every_node_within_a_second_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    revocation_holds_across_nodes(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_on_every_node_within_a_second_postgres() {
+    let Some(pg) = common::testing::fresh_pg().await else {
+        return; // MOMENTS_TEST_SKIP_PG=1: fresh_pg printed why
+    };
+    revocation_holds_across_nodes(&pg.url).await;
+}
+
+/// A free loopback UDP address for a node's QUIC listener.
+fn quic_addr() -> String {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string()
 }

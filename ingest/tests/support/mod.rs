@@ -162,6 +162,10 @@ impl Server {
                 queue: queue.clone(),
                 auth,
                 metrics: metrics.clone(),
+                // the protocol, not the limits (tested in moments/tests/limits.rs)
+                limiter: Arc::new(
+                    common::limit::Limiter::new(&common::limit::Config::off(), &metrics).unwrap(),
+                ),
             },
             cfg,
             5 * 1024 * 1024,

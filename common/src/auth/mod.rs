@@ -4,6 +4,9 @@
 //! Without it the service makes a local development key pair under `$DATA/keys` on first start
 //! (the private key file is mode 0600) so `moments token` can mint tokens for testing.
 //! The verifier accepts nothing but EdDSA: `alg: none`, HMAC and RSA tokens are refused.
+//! A token can be revoked before it expires ([`revoke`]): by its id, or all of a user's.
+
+pub mod revoke;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,12 +24,29 @@ use crate::error::ApiError;
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// `[auth]` section.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// PEM file with the Ed25519 public key that signs tokens. Unset: use (and create) the
     /// local development key under `$DATA/keys`.
     pub public_key: Option<PathBuf>,
+    /// User ids (token `sub`) allowed to revoke other users' tokens
+    /// (`POST /v1/admin/revocations`).
+    pub admins: Vec<String>,
+    /// How often each process re-reads the revocations written by others (ms): the longest a
+    /// revoked token is still accepted on another node (PostgreSQL notifications usually make
+    /// it much shorter).
+    pub revocation_poll_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            public_key: None,
+            admins: Vec::new(),
+            revocation_poll_ms: 500,
+        }
+    }
 }
 
 /// Authentication errors. All of them answer 401 to a client.
@@ -44,6 +64,9 @@ pub enum Error {
     /// Signature, algorithm, expiry or claims rejected.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// A valid token that was revoked (see [`revoke`]).
+    #[error("token revoked: {0}")]
+    Revoked(String),
     /// A key file could not be read, written or parsed.
     #[error("key file {path}: {reason}")]
     Key {
@@ -75,6 +98,9 @@ pub struct Claims {
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// The token's id, by which it can be revoked alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// Paths of the local development key pair.
@@ -106,8 +132,13 @@ pub fn ensure_dev_key(data_dir: &Path) -> Result<(String, String), Error> {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
         .map_err(|e| key_err(&private, format!("cannot generate a key: {e}")))?;
     let (priv_pem, pub_pem) = (pair.serialize_pem(), pair.public_key_pem());
-    crate::fsutil::write_private(&private, priv_pem.as_bytes(), 0o600)
+    let created = crate::fsutil::write_private_new(&private, priv_pem.as_bytes(), 0o600)
         .map_err(|e| key_err(&private, e.to_string()))?;
+    if !created {
+        // another process (a `moments serve` starting beside `moments token`) made it first:
+        // use its key, so tokens minted by either verify
+        return ensure_dev_key(data_dir);
+    }
     crate::fsutil::write_private(&public, pub_pem.as_bytes(), 0o644)
         .map_err(|e| key_err(&public, e.to_string()))?;
     tracing::info!(path = %private.display(), "created the local development signing key");
@@ -127,6 +158,7 @@ pub fn mint(private_pem: &str, user: &str, ttl: Duration) -> Result<String, Erro
         iat: now,
         exp: now + ttl.as_secs().max(1),
         iss: Some("moments-dev".to_string()),
+        jti: Some(hex::encode(rand::random::<[u8; 16]>())),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key)
         .map_err(|e| Error::Invalid(e.to_string()))
@@ -167,6 +199,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Auth {
     key: DecodingKey,
     validation: Validation,
+    revocations: Arc<revoke::Revocations>,
+    admins: Vec<String>,
     /// Where the key came from, for logs.
     pub source: String,
 }
@@ -196,13 +230,15 @@ impl Auth {
         Ok(Auth {
             key,
             validation,
+            revocations: Arc::default(),
+            admins: Vec::new(),
             source,
         })
     }
 
     /// The configured public key, or the development key (created when missing).
     pub fn from_config(config: &Config, data_dir: &Path) -> Result<Auth, Error> {
-        match &config.public_key {
+        let mut auth = match &config.public_key {
             Some(path) => {
                 let pem = std::fs::read_to_string(path).map_err(|e| Error::Key {
                     path: path.clone(),
@@ -215,7 +251,19 @@ impl Auth {
                 let (_, path) = dev_key_paths(data_dir);
                 Auth::from_public_pem(&public, format!("{} (development key)", path.display()))
             }
-        }
+        }?;
+        auth.admins = config.admins.clone();
+        Ok(auth)
+    }
+
+    /// The revocations this verifier refuses (kept current by [`revoke::Revocations::spawn_refresh`]).
+    pub fn revocations(&self) -> &Arc<revoke::Revocations> {
+        &self.revocations
+    }
+
+    /// Whether `user` is in `auth.admins`.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.admins.iter().any(|a| a == user)
     }
 
     /// Verifies a token and returns its claims.
@@ -223,11 +271,17 @@ impl Auth {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| Error::Invalid(e.to_string()))?;
         check_user_id(&data.claims.sub).map_err(Error::Invalid)?;
+        self.revocations.check(&data.claims)?;
         Ok(data.claims)
     }
 
     /// The user named by a request's `Authorization: Bearer` header.
     pub fn user_from_headers(&self, headers: &HeaderMap) -> Result<String, Error> {
+        Ok(self.claims_from_headers(headers)?.sub)
+    }
+
+    /// The verified claims of a request's `Authorization: Bearer` header.
+    pub fn claims_from_headers(&self, headers: &HeaderMap) -> Result<Claims, Error> {
         let value = headers
             .get(http::header::AUTHORIZATION)
             .ok_or(Error::Missing)?;
@@ -243,26 +297,41 @@ impl Auth {
         if token.is_empty() {
             return Err(Error::Malformed);
         }
-        Ok(self.verify(token)?.sub)
+        self.verify(token)
     }
 }
 
 /// The authenticated user of a request (an axum extractor; answers 401 JSON when absent or
-/// invalid).
+/// invalid, 429 when the user is over their `limits.requests`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct User(pub String);
 
 impl<S> FromRequestParts<S> for User
 where
     Arc<Auth>: FromRef<S>,
+    Arc<crate::limit::Limiter>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let auth = Arc::<Auth>::from_ref(state);
-        Ok(User(auth.user_from_headers(&parts.headers)?))
+        let user = auth.user_from_headers(&parts.headers)?;
+        count_request(state, &user).await?;
+        Ok(User(user))
     }
+}
+
+/// Counts one authenticated request against the user's `limits.requests` bucket.
+async fn count_request<S>(state: &S, user: &str) -> Result<(), ApiError>
+where
+    Arc<crate::limit::Limiter>: FromRef<S>,
+{
+    let limiter = Arc::<crate::limit::Limiter>::from_ref(state);
+    limiter
+        .take(crate::limit::Kind::Requests, user, 1)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// How long a ticket stays valid.
@@ -356,6 +425,7 @@ pub struct StreamUser(pub String);
 impl<S> FromRequestParts<S> for StreamUser
 where
     Arc<Auth>: FromRef<S>,
+    Arc<crate::limit::Limiter>: FromRef<S>,
     crate::db::Db: FromRef<S>,
     S: Send + Sync,
 {
@@ -364,7 +434,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         if parts.headers.contains_key(http::header::AUTHORIZATION) {
             let auth = Arc::<Auth>::from_ref(state);
-            return Ok(StreamUser(auth.user_from_headers(&parts.headers)?));
+            let user = auth.user_from_headers(&parts.headers)?;
+            count_request(state, &user).await?;
+            return Ok(StreamUser(user));
         }
         let ticket = parts
             .uri
@@ -377,7 +449,10 @@ where
         };
         let db = crate::db::Db::from_ref(state);
         match redeem_ticket(&db, ticket).await? {
-            Some(user) => Ok(StreamUser(user)),
+            Some(user) => {
+                count_request(state, &user).await?;
+                Ok(StreamUser(user))
+            }
             None => Err(ApiError::unauthorized(
                 "invalid ticket: unknown, expired or already used",
             )),
@@ -435,10 +510,26 @@ mod tests {
             iat: now - 7200,
             exp: now - 3600,
             iss: None,
+            jti: None,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap();
         let err = auth.user_from_headers(&bearer(&token)).unwrap_err();
         assert!(err.to_string().contains("Expired"), "{err}");
+    }
+
+    #[test]
+    fn processes_creating_the_dev_key_at_once_end_with_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let keys: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| ensure_dev_key(dir.path()).unwrap().0))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let (again, _) = ensure_dev_key(dir.path()).unwrap();
+            assert!(keys.iter().all(|k| *k == again), "two dev keys were made");
+        }
     }
 
     #[test]
@@ -493,6 +584,7 @@ mod tests {
                 iat: now,
                 exp: now + 60,
                 iss: None,
+                jti: None,
             },
             &EncodingKey::from_secret(b"guess"),
         )
