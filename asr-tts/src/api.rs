@@ -98,6 +98,7 @@ async fn websocket(
     let voice = s.voice.clone();
     Ok(ws
         .max_message_size(4 << 20)
+        .max_frame_size(1 << 20)
         .on_upgrade(move |socket| crate::session::run(voice, sess, socket)))
 }
 

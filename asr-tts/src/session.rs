@@ -40,9 +40,18 @@ enum In {
     Bad,
 }
 
+/// The longest JSON message a client may send (a typed answer of `MAX_TYPED_CHARS` fits);
+/// longer ones are refused unparsed. Binary audio messages are bounded by the WebSocket's
+/// own message limit.
+const MAX_TEXT_BYTES: usize = 16 * 1024;
+
 fn parse(msg: Message, out: &mpsc::Sender<Out>) -> Option<In> {
     match msg {
         Message::Binary(b) => Some(In::Audio(b)),
+        Message::Text(t) if t.len() > MAX_TEXT_BYTES => {
+            let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("a JSON message may be at most {MAX_TEXT_BYTES} bytes (this one is {})", t.len())})));
+            Some(In::Bad)
+        }
         Message::Text(t) => {
             let v: Value = match serde_json::from_str(t.as_str()) {
                 Ok(v) => v,

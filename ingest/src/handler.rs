@@ -36,6 +36,7 @@ pub struct IngestMetrics {
     completed: Counter,
     bytes: Counter,
     checksum_failures: Counter,
+    slow_bodies: Counter,
 }
 
 impl IngestMetrics {
@@ -53,6 +54,11 @@ impl IngestMetrics {
             "upload_checksum_failures",
             "PATCH bodies refused for a checksum mismatch",
             m.checksum_failures.clone(),
+        );
+        metrics.register(
+            "upload_slow_bodies",
+            "Request bodies ended for arriving slower than ingest.body_min_rate",
+            m.slow_bodies.clone(),
         );
         m
     }
@@ -705,6 +711,11 @@ async fn write_locked(
     let mut hasher = checksum.as_ref().map(Hasher::new);
     let stale = Duration::from_secs(s.config.stale_lock_secs);
     let idle = Duration::from_secs(s.config.body_idle_secs);
+    let mut pace = crate::tus::Pace::new(
+        s.config.body_min_rate,
+        Duration::from_secs(s.config.body_rate_window_secs.max(1)),
+        tokio::time::Instant::now().into_std(),
+    );
     let commit_every = s.config.commit_every_bytes.max(1);
     let commit_every_time = Duration::from_millis(s.config.commit_every_ms.max(1));
     let mut last_commit = tokio::time::Instant::now();
@@ -736,6 +747,7 @@ async fn write_locked(
             Ok(Some(Err(_))) => break, // connection cut mid-body
             Ok(Some(Ok(c))) => c,
         };
+        let too_slow = !pace.arrived(chunk.len() as u64, tokio::time::Instant::now().into_std());
         if writer.position() + chunk.len() as u64 > up.length {
             let _ = writer.discard().await;
             return Err(api_error(
@@ -761,6 +773,16 @@ async fn write_locked(
         }
         if let Some(h) = hasher.as_mut() {
             h.update(&chunk);
+        }
+        if too_slow {
+            // what arrived is kept, as when a body goes silent; the lock goes with the request
+            tracing::info!(
+                upload = %up.id,
+                min_rate = s.config.body_min_rate,
+                "request body slower than ingest.body_min_rate; ended, keeping what is durable"
+            );
+            s.metrics.slow_bodies.inc();
+            break;
         }
         last_byte.store(now_ms(), Ordering::Relaxed);
         since_commit += chunk.len() as u64;

@@ -65,6 +65,12 @@ pub struct Config {
     pub stale_lock_secs: u64,
     /// A request body silent this long is ended, keeping what is durable (seconds).
     pub body_idle_secs: u64,
+    /// A request body slower than this (bytes per second, averaged over `body_rate_window_secs`)
+    /// is ended the same way, so a trickling client cannot hold the upload's lock and a
+    /// connection for ever. 0: no minimum.
+    pub body_min_rate: u64,
+    /// The window `body_min_rate` is measured over (seconds).
+    pub body_rate_window_secs: u64,
     /// Without a checksum, progress is made durable at least every this many bytes…
     pub commit_every_bytes: u64,
     /// …and at least this often while bytes arrive (milliseconds), so a transcode reading the
@@ -85,6 +91,9 @@ impl Default for Config {
             max_active_per_user: 5,
             stale_lock_secs: 10,
             body_idle_secs: 30,
+            // 2G's worst is some kB/s; 1 byte per second is an attack, not a phone
+            body_min_rate: 256,
+            body_rate_window_secs: 30,
             commit_every_bytes: 4 * 1024 * 1024,
             commit_every_ms: 500,
             cleanup_interval_secs: 60,

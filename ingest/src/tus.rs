@@ -466,6 +466,42 @@ pub fn options_headers(limits: &Limits) -> Vec<(&'static str, String)> {
 }
 
 /// A header map from name/value pairs (unit tests of both protocols' header rules).
+/// The minimum body rate (`ingest.body_min_rate`) as a plain type: fed each chunk's size and
+/// arrival time, it says when a body has been slower than the minimum over a whole window.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    min_rate: u64,
+    window: std::time::Duration,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    /// A pace check from `now`; `min_rate` 0 never complains.
+    pub fn new(min_rate: u64, window: std::time::Duration, now: std::time::Instant) -> Pace {
+        Pace {
+            min_rate,
+            window,
+            started: now,
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes arrived at `now`; `false` when the window that just closed brought
+    /// fewer than `min_rate × window` bytes.
+    pub fn arrived(&mut self, n: u64, now: std::time::Instant) -> bool {
+        self.bytes = self.bytes.saturating_add(n);
+        let elapsed = now.saturating_duration_since(self.started);
+        if self.min_rate == 0 || elapsed < self.window {
+            return true;
+        }
+        let ok = self.bytes as f64 >= self.min_rate as f64 * elapsed.as_secs_f64();
+        self.started = now;
+        self.bytes = 0;
+        ok
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut m = HeaderMap::new();
@@ -744,5 +780,26 @@ mod tests {
             http_date(1_700_000_000_000),
             "Tue, 14 Nov 2023 22:13:20 GMT"
         );
+    }
+
+    #[test]
+    fn a_trickle_fails_the_pace_and_a_slow_phone_passes() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        // 1 byte per second against 256 B/s over 30 s: refused when the first window closes
+        let mut p = Pace::new(256, Duration::from_secs(30), t0);
+        let first_refusal = (1..=60).find(|i| !p.arrived(1, at(*i as f64)));
+        assert_eq!(first_refusal, Some(30));
+        // 2 kB/s in 16 KiB bursts every 8 s passes window after window
+        let mut p = Pace::new(256, Duration::from_secs(30), t0);
+        assert!((1..=40).all(|i| p.arrived(16 << 10, at(i as f64 * 8.0))));
+        // a stall made up for within the window passes
+        let mut p = Pace::new(256, Duration::from_secs(30), t0);
+        assert!(p.arrived(10, at(20.0)));
+        assert!(p.arrived(31 * 256, at(31.0)));
+        // 0: no minimum
+        let mut p = Pace::new(0, Duration::from_secs(1), t0);
+        assert!((1..100).all(|i| p.arrived(0, at(i as f64))));
     }
 }

@@ -348,3 +348,73 @@ fn quic_addr() -> String {
         .unwrap()
         .to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_patch_is_cut_off_keeps_what_arrived_and_releases_the_lock() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let s = support::start(dir.path(), |c| {
+        c.ingest.body_min_rate = 100;
+        c.ingest.body_rate_window_secs = 2;
+    })
+    .await;
+    let (url, _) = s.create(1000).await;
+    let path = url.trim_start_matches(&s.base).to_string();
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ntus-resumable: 1.0.0\r\n\
+         upload-offset: 0\r\ncontent-type: application/offset+octet-stream\r\ncontent-length: 1000\r\n\r\n",
+        s.token
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // 4 bytes a second against a minimum of 100: cut when the 2 s window closes
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        if tcp.write_all(b"x").await.is_err() {
+            break;
+        }
+        sent += 1;
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(250), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the trickle went on for {took:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 204"),
+        "{answer}"
+    );
+    // what arrived is durable, and another request may go on at once (no 423)
+    let r = s
+        .http
+        .head(&url)
+        .bearer_auth(&s.token)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    let offset: u64 = r.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        offset > 0 && offset <= sent,
+        "offset {offset} of {sent} sent"
+    );
+    s.patch(&url, offset, vec![b'y'; (1000 - offset) as usize])
+        .await;
+}

@@ -776,6 +776,26 @@ async fn a_typed_answer_stands_in_for_the_microphone_and_bad_ones_get_errors(pg:
     // round 2 is asked about it, and the answer is stored like a spoken one
     let r2 = read_until(&mut ws, |v| v["type"] == "metrics").await;
     assert_eq!(r2.of("metrics")[0]["round"], 2);
+    // a JSON message past its limit is refused unparsed, the session goes on…
+    let huge = json!({"type": "answer_text", "text": "x".repeat(100_000)}).to_string();
+    ws.send(Message::Text(huge.into())).await.unwrap();
+    let r = read_until(&mut ws, |v| v["type"] == "error").await;
+    let msg = r.of("error")[0]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("at most 16384 bytes"), "{msg}");
+    // …and a message past the WebSocket's limit (4 MiB) closes the connection (1009)
+    let _ = ws.send(Message::Binary(vec![0u8; 5 << 20].into())).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return None,
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the connection stays open after a 5 MiB message");
+    assert!(matches!(closed, None | Some(1009)), "{closed:?}");
     drop(ws);
     let s = &env.running.services;
     let sid: String = sqlx::query_scalar("SELECT id FROM qa_sessions WHERE moment_id = $1")
