@@ -15,11 +15,12 @@ use support::{Stack, assert_same_ladder, faststart_clip, ladder, make, start};
 
 /// The ladder test on one stack: paced upload streams, whole upload does not, same ladder.
 async fn same_ladder_both_ways(s: &Stack, dir: &std::path::Path) {
-    // 1080p so every rung is made; 6 Mbit/s over 4 s ≈ 3 MB, paced at 1.5 MB/s ≈ 2 s
+    // 1080p so every rung is made; 6 Mbit/s over 4 s ≈ 3 MB, paced at 1 MB/s ≈ 3 s (at 2 s
+    // the first encoded segment and the last byte were a close race on 2 busy cores)
     let clip = faststart_clip(dir, "clip.mp4", 1920, 1080, 4, 6000);
     let data = std::fs::read(&clip).unwrap();
 
-    let (_, streamed, seen) = s.paced(&data, 1.5e6, None).await;
+    let (_, streamed, seen) = s.paced(&data, 1.0e6, None).await;
     assert_eq!(seen.streaming, Some(true), "{seen:?}");
     assert!(
         seen.poster,
