@@ -374,59 +374,8 @@ async fn oversized_request_headers_get_431_and_normal_ones_pass() {
     assert_eq!(r.status(), 200);
 }
 
-/// A `moments serve --roles api` process on `dir`'s data directory and `db_url`.
-struct Node {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn api_node(dir: &std::path::Path, db_url: &str) -> Node {
-    let http = format!("127.0.0.1:{}", common::testing::free_port());
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_moments"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .current_dir(dir)
-        .env("MOMENTS_HTTP_ADDR", &http)
-        .env("MOMENTS_QUIC_ADDR", quic_addr())
-        .env("MOMENTS_DATABASE_URL", db_url)
-        .args(["serve", "--roles", "api"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let node = Node {
-        child,
-        base: format!("http://{http}"),
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let http = reqwest::Client::new();
-    loop {
-        if let Ok(r) = http.get(format!("{}/readyz", node.base)).send().await
-            && r.status() == 200
-        {
-            return node;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "moments serve never became ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
 /// `POST /v1/tickets` with `token`: its status (200 while the token is good).
-async fn ticket_status(http: &reqwest::Client, node: &Node, token: &str) -> u16 {
+async fn ticket_status(http: &reqwest::Client, node: &support::Node, token: &str) -> u16 {
     http.post(format!("{}/v1/tickets", node.base))
         .bearer_auth(token)
         .send()
@@ -437,7 +386,11 @@ async fn ticket_status(http: &reqwest::Client, node: &Node, token: &str) -> u16 
 }
 
 /// Waits until `node` refuses `token` with 401; returns how long that took. Fails after 1 s.
-async fn refused_within_a_second(http: &reqwest::Client, node: &Node, token: &str) -> u128 {
+async fn refused_within_a_second(
+    http: &reqwest::Client,
+    node: &support::Node,
+    token: &str,
+) -> u128 {
     let start = std::time::Instant::now();
     loop {
         let status = ticket_status(http, node, token).await;
@@ -474,8 +427,9 @@ async fn revocation_holds_across_nodes(db_url: &str) {
     let mint = |user: &str| {
         common::auth::mint(&private, user, std::time::Duration::from_secs(600)).unwrap()
     };
-    let a = api_node(dir.path(), db_url).await;
-    let b = api_node(dir.path(), db_url).await;
+    let env = [("MOMENTS_DATABASE_URL", db_url)];
+    let a = support::node(dir.path(), "api", &env).await;
+    let b = support::node(dir.path(), "api", &env).await;
     let http = reqwest::Client::new();
     let (t1, t2, dave, root) = (mint("alice"), mint("alice"), mint("dave"), mint("root"));
     for t in [&t1, &t2, &dave, &root] {
@@ -597,13 +551,4 @@ async fn a_revoked_token_is_refused_on_every_node_within_a_second_postgres() {
         return; // MOMENTS_TEST_SKIP_PG=1: fresh_pg printed why
     };
     revocation_holds_across_nodes(&pg.url).await;
-}
-
-/// A free loopback UDP address for a node's QUIC listener.
-fn quic_addr() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
 }

@@ -187,56 +187,6 @@ async fn the_byte_throttle_slows_an_upload_and_keeps_every_byte() {
     );
 }
 
-/// A `moments serve --roles api,ingest` process sharing `redis` and one SQLite file.
-struct Node {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn node(dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
-    let http = format!("127.0.0.1:{}", common::testing::free_port());
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_moments"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .current_dir(dir)
-        .env("MOMENTS_HTTP_ADDR", &http)
-        .env("MOMENTS_QUIC_ADDR", quic_addr())
-        .envs(env.iter().copied())
-        .args(["serve", "--roles", "api,ingest"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let n = Node {
-        child,
-        base: format!("http://{http}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", n.base)).await
-            && r.status() == 200
-        {
-            return n;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moments serve never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_sharing_redis_hold_one_limit_between_them() {
     let Some((url, prefix)) = common::testing::redis() else {
@@ -256,8 +206,8 @@ async fn two_nodes_sharing_redis_hold_one_limit_between_them() {
         ("MOMENTS_DATABASE_URL", db.as_str()),
     ];
     let (private, _) = common::auth::ensure_dev_key(&dir.path().join("data")).unwrap();
-    let a = node(dir.path(), &env).await;
-    let b = node(dir.path(), &env).await;
+    let a = support::node(dir.path(), "api,ingest", &env).await;
+    let b = support::node(dir.path(), "api,ingest", &env).await;
     let token = common::auth::mint(&private, "alice", Duration::from_secs(600)).unwrap();
     let http = reqwest::Client::new();
     let (mut ok, mut limited) = (0, 0);
@@ -338,15 +288,6 @@ async fn redis_down_lets_requests_through_by_default_or_refuses_them_with_503() 
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-}
-
-/// A free loopback UDP address for a node's QUIC listener.
-fn quic_addr() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

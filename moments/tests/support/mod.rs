@@ -153,6 +153,65 @@ pub async fn spawn(
     }
 }
 
+/// A `moments serve --roles ROLES` process started by [`node`]; killed when dropped.
+pub struct Node {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `moments serve --roles ROLES` in `dir` (its `moments.toml` and data directory) on
+/// free HTTP and QUIC ports with `env` besides, and waits until it is ready. Several nodes on
+/// one `dir` share its key and (with `MOMENTS_DATABASE_URL`) a database.
+pub async fn node(dir: &Path, roles: &str, env: &[(&str, &str)]) -> Node {
+    let http = format!("127.0.0.1:{}", common::testing::free_port());
+    let quic = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moments"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .current_dir(dir)
+        .env("MOMENTS_HTTP_ADDR", &http)
+        .env("MOMENTS_QUIC_ADDR", &quic)
+        .envs(env.iter().copied())
+        .args(["serve", "--roles", roles])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child,
+        base: format!("http://{http}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", node.base)).await
+            && r.status() == 200
+        {
+            return node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "moments serve never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Makes a clip with the ffmpeg CLI.
 pub fn make(path: &Path, args: &[&str]) -> PathBuf {
     let out = Command::new("ffmpeg")
