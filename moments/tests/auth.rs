@@ -24,7 +24,7 @@ struct Route {
     body: Option<Vec<u8>>,
     /// Acts on the owner's moment (another user gets 404).
     owned: bool,
-    /// Only for `events.admins` (a non-admin gets 403).
+    /// Only for `events.admins` or `auth.admins` (a non-admin gets 403).
     admin: bool,
 }
 
@@ -185,6 +185,18 @@ async fn every_route_refuses_every_bad_credential_and_other_users_moments() {
     // alice's upload (and so her moment)
     let (upload_url, moment) = s.create(1000).await;
     let upload = upload_url.trim_start_matches(&s.base).to_string();
+    // and a Q&A session on it, for the WebSocket route
+    let r = s
+        .http
+        .post(format!("{}/v1/moments/{moment}/qa", s.base))
+        .bearer_auth(&s.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let session: Value = r.json().await.unwrap();
+    let ws_path = session["ws_url"].as_str().unwrap().to_string();
     let tus = |r: Route| Route {
         headers: vec![("tus-resumable", "1.0.0".into())],
         ..r
@@ -230,6 +242,24 @@ async fn every_route_refuses_every_bad_credential_and_other_users_moments() {
             ..route(Method::POST, &format!("/v1/moments/{moment}/qa"))
         },
         route(Method::POST, "/v1/tickets"),
+        route(Method::POST, "/v1/auth/revoke"),
+        Route {
+            admin: true,
+            headers: vec![("content-type", "application/json".into())],
+            body: Some(br#"{"user": "nobody"}"#.to_vec()),
+            ..route(Method::POST, "/v1/admin/revocations")
+        },
+        Route {
+            owned: true,
+            // a real upgrade request, so only the credential decides
+            headers: vec![
+                ("connection", "upgrade".into()),
+                ("upgrade", "websocket".into()),
+                ("sec-websocket-version", "13".into()),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==".into()),
+            ],
+            ..route(Method::GET, &ws_path)
+        },
         Route {
             headers: vec![("content-type", "application/json".into())],
             body: Some(br#"{"text":"Hello.","format":"pcm16"}"#.to_vec()),
