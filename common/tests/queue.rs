@@ -208,10 +208,12 @@ impl Handler for Flaky {
         "flaky"
     }
     async fn run(&self, job: &Job, ctx: &Context) -> Result<(), JobError> {
-        let n = self.runs.fetch_add(1, Ordering::SeqCst);
         if job.payload["permanent"] == true {
             return Err(JobError::permanent("bad input"));
         }
+        // counted after the permanent failure: when the bad job ran first, the good one's
+        // first run was counted as its second and it passed without the retry under test
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
         if self.heartbeat_outlives_lease {
             // longer than the 1 s lease: only heartbeats keep it
             tokio::select! {
