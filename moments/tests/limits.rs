@@ -132,15 +132,7 @@ async fn over_each_limit_a_user_gets_429_and_other_users_do_not() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     for kind in ["uploads", "qa_sessions", "speech", "requests"] {
         assert!(
             metrics.contains(&format!("moments_rate_limited_total{{kind=\"{kind}\"}}")),
@@ -260,15 +252,7 @@ async fn redis_down_lets_requests_through_by_default_or_refuses_them_with_503() 
             .unwrap();
         if fail_open {
             assert_eq!(r.status(), 200);
-            let metrics = s
-                .http
-                .get(format!("{}/metrics", s.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = s.metrics().await;
             assert!(
                 metrics.contains("moments_rate_limit_errors_total{kind=\"requests\"} 1"),
                 "{metrics}"

@@ -104,14 +104,7 @@ pub async fn spawn(
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moments"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .current_dir(dir)
+    let child = moments_command(dir)
         .env("MOMENTS_HTTP_ADDR", &http)
         .env("MOMENTS_QUIC_ADDR", &quic)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -134,16 +127,31 @@ pub async fn spawn(
         store,
         db,
     };
+    wait_ready(&stack.base).await;
+    stack
+}
+
+/// The `moments` binary to run in `dir`, without the `MOMENTS_*` settings of the environment
+/// the tests run in (the `MOMENTS_TEST_*` knobs stay).
+fn moments_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moments"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(dir);
+    cmd
+}
+
+/// Waits (up to a minute) until `base/readyz` answers 200.
+async fn wait_ready(base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(r) = stack
-            .http
-            .get(format!("{}/readyz", stack.base))
-            .send()
-            .await
+        if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
             && r.status() == 200
         {
-            return stack;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -177,14 +185,7 @@ pub async fn node(dir: &Path, roles: &str, env: &[(&str, &str)]) -> Node {
         .local_addr()
         .unwrap()
         .to_string();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moments"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
-            cmd.env_remove(k);
-        }
-    }
-    let child = cmd
-        .current_dir(dir)
+    let child = moments_command(dir)
         .env("MOMENTS_HTTP_ADDR", &http)
         .env("MOMENTS_QUIC_ADDR", &quic)
         .envs(env.iter().copied())
@@ -197,19 +198,8 @@ pub async fn node(dir: &Path, roles: &str, env: &[(&str, &str)]) -> Node {
         child,
         base: format!("http://{http}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", node.base)).await
-            && r.status() == 200
-        {
-            return node;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "moments serve never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&node.base).await;
+    node
 }
 
 /// Makes a clip with the ffmpeg CLI.
@@ -288,6 +278,18 @@ impl Client {
             .unwrap();
         assert_eq!(r.status(), 200, "GET moment {id}");
         r.json().await.unwrap()
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET /metrics");
+        r.text().await.unwrap()
     }
 
     /// Creates a tus upload of `length` bytes; returns (upload URL, moment id).
