@@ -69,6 +69,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(Default::default()).await
+}
+
+async fn start_with(limits: common::server::ConnLimits) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let (private, _) = common::auth::ensure_dev_key(dir.path()).unwrap();
     let auth = Arc::new(Auth::from_config(&Default::default(), dir.path()).unwrap());
@@ -109,12 +113,14 @@ async fn start() -> Harness {
             router.clone(),
             shutdown.clone(),
             grace,
+            limits.clone(),
         )),
         tokio::spawn(common::server::h3::serve(
             endpoint,
             router,
             shutdown.clone(),
             grace,
+            limits.clone(),
         )),
     ];
     Harness {
@@ -309,5 +315,114 @@ async fn self_signed_certificate_is_reused_and_key_private() {
     assert_eq!(
         std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
         0o600
+    );
+}
+
+/// Sends one keep-alive GET /whoami on `tcp` and reads its whole answer.
+async fn raw_whoami(tcp: &mut tokio::net::TcpStream, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET /whoami HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"hello alice") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Waits until the server closes `tcp` (EOF or reset) and returns how long that took.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+        Err(_) => panic!("still open after {limit:?}"),
+        Ok(Ok(0)) | Ok(Err(_)) => t0.elapsed(),
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&buf[..n])),
+    }
+}
+
+#[tokio::test]
+async fn connections_are_bounded_in_count_and_idle_time() {
+    let metrics = common::metrics::Metrics::new("test");
+    let limits = common::server::ConnLimits {
+        max: 2,
+        idle: Duration::from_millis(800),
+        metrics: common::server::ConnMetrics::registered(&metrics),
+    };
+    let h = start_with(limits).await;
+    let connect = || tokio::net::TcpStream::connect(h.http);
+
+    // two keep-alive connections are served; a third is closed at accept without an answer
+    let mut a = connect().await.unwrap();
+    let mut b = connect().await.unwrap();
+    assert!(
+        raw_whoami(&mut a, &h.token)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        raw_whoami(&mut b, &h.token)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let mut c = connect().await.unwrap();
+    closed_within(&mut c, Duration::from_secs(3)).await;
+
+    // the idle keep-alives are closed after `idle`, not before, and their slots come back
+    let waited = closed_within(&mut a, Duration::from_secs(5)).await;
+    closed_within(&mut b, Duration::from_secs(5)).await;
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed after {waited:?}"
+    );
+    let mut d = connect().await.unwrap();
+    assert!(
+        raw_whoami(&mut d, &h.token)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // a half-open peer that sent half a request and went silent is closed too
+    use tokio::io::AsyncWriteExt;
+    let mut e = connect().await.unwrap();
+    e.write_all(b"GET /whoami HTTP/1.1\r\nhost:").await.unwrap();
+    closed_within(&mut e, Duration::from_secs(5)).await;
+
+    // HTTP/3: a connection with no request open for `idle` is closed by the server
+    let mut h3 = Client::connect(h.quic, "localhost", &Trust::Pinned(h.fingerprint.clone()))
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {}", h.token);
+    let resp = h3
+        .send(get_req("/whoami", Some(&bearer)), Bytes::new(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(resp.head.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = h3
+        .send(get_req("/whoami", Some(&bearer)), Bytes::new(), 1 << 20)
+        .await;
+    assert!(again.is_err(), "the idle HTTP/3 connection still answered");
+
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"moments_connections_refused_total{transport="tcp"} 1"#),
+        "{text}"
+    );
+    let idle_tcp = text
+        .lines()
+        .find(|l| l.starts_with(r#"moments_connections_idle_closed_total{transport="tcp"}"#))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(idle_tcp.ends_with(" 4"), "a, b, d and e: {idle_tcp}");
+    assert!(
+        text.contains(r#"moments_connections_idle_closed_total{transport="quic"} 1"#),
+        "{text}"
     );
 }

@@ -310,11 +310,13 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
     );
 
     let workers = run_pools(&services.queue, &services.metrics, service.pools, &shutdown);
+    let conns = common::server::ConnMetrics::registered(&services.metrics);
     let http = tokio::spawn(common::server::serve_http(
         listener,
         router.clone(),
         shutdown.clone(),
         grace,
+        services.config.http.conn_limits(&conns),
     ));
     let h3 = endpoint.map(|ep| {
         tokio::spawn(common::server::h3::serve(
@@ -322,6 +324,7 @@ pub async fn start(config: Config, roles: BTreeSet<Role>) -> anyhow::Result<Runn
             router,
             shutdown.clone(),
             grace,
+            services.config.quic.conn_limits(&conns),
         ))
     });
     let db = services.db.clone();

@@ -135,18 +135,26 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: super::ConnLimits,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
+    let gate = super::conn::Gate::new(&limits, "quic");
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
             _ = shutdown.cancelled() => break,
         };
         let Some(incoming) = incoming else { break };
+        let Some(slot) = gate.enter() else {
+            incoming.refuse();
+            continue;
+        };
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         tracker.spawn(async move {
-            if let Err(e) = connection(incoming, router, shutdown).await {
+            let _slot = slot;
+            if let Err(e) = connection(incoming, router, shutdown, &limits).await {
                 tracing::debug!(error = %e, "HTTP/3 connection ended with an error");
             }
         });
@@ -165,6 +173,7 @@ async fn connection(
     incoming: quinn::Incoming,
     router: Router,
     shutdown: CancellationToken,
+    limits: &super::ConnLimits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let conn = incoming.await?;
     let remote = conn.remote_address();
@@ -172,10 +181,22 @@ async fn connection(
         .build(h3_quinn::Connection::new(conn))
         .await?;
     let requests = TaskTracker::new();
+    // No request open for `limits.idle`: the connection is an idle keep-alive; close it.
+    let idle = tokio::time::sleep(limits.idle);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
+            () = &mut idle => {
+                if requests.is_empty() {
+                    limits.metrics.idle_closed("quic");
+                    let _ = h3conn.shutdown(0).await;
+                    break;
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle);
+            }
             accepted = h3conn.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle);
                     let router = router.clone();
                     requests.spawn(async move {
                         match resolver.resolve_request().await {

@@ -3,8 +3,11 @@
 //! carried the request. Both listeners shut down gracefully: they stop accepting, let
 //! in-flight requests finish (up to a deadline), then return.
 
+pub mod conn;
 pub mod h3;
 pub mod tls;
+
+pub use conn::{ConnLimits, ConnMetrics};
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -26,6 +29,22 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
     /// The largest request header section accepted (bytes); larger ones get `431`.
     pub max_header_bytes: usize,
+    /// Open TCP connections at most; past it a new one is closed at accept.
+    pub max_connections: usize,
+    /// A TCP connection with no byte read or written for this long is closed (seconds): an
+    /// idle keep-alive, a half-open peer, a reader that stopped reading.
+    pub idle_timeout_secs: u64,
+}
+
+impl HttpConfig {
+    /// The connection bounds of this section, counted in `metrics`.
+    pub fn conn_limits(&self, metrics: &ConnMetrics) -> ConnLimits {
+        ConnLimits {
+            max: self.max_connections,
+            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            metrics: metrics.clone(),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -34,6 +53,8 @@ impl Default for HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace_secs: 10,
             max_header_bytes: 32 * 1024,
+            max_connections: 4096,
+            idle_timeout_secs: 120,
         }
     }
 }
@@ -51,6 +72,22 @@ pub struct QuicConfig {
     /// Congestion controller of QUIC senders (server and `moments upload`): `bbr`, `cubic`
     /// or `newreno`.
     pub congestion: h3::Congestion,
+    /// Open QUIC connections at most; past it a new one is refused.
+    pub max_connections: usize,
+    /// A QUIC connection with no request open for this long is closed (seconds). A peer that
+    /// stops answering is dropped by QUIC's own idle timeout (30 s) whatever this says.
+    pub idle_timeout_secs: u64,
+}
+
+impl QuicConfig {
+    /// The connection bounds of this section, counted in `metrics`.
+    pub fn conn_limits(&self, metrics: &ConnMetrics) -> ConnLimits {
+        ConnLimits {
+            max: self.max_connections,
+            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            metrics: metrics.clone(),
+        }
+    }
 }
 
 impl Default for QuicConfig {
@@ -60,6 +97,8 @@ impl Default for QuicConfig {
             cert: None,
             key: None,
             congestion: h3::Congestion::default(),
+            max_connections: 4096,
+            idle_timeout_secs: 120,
         }
     }
 }
@@ -114,22 +153,17 @@ pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, Error> {
 }
 
 /// Serves `router` over HTTP/1.1 and HTTP/2 (cleartext, prior knowledge) until `shutdown`, then
-/// waits up to `grace` for in-flight requests.
+/// waits up to `grace` for in-flight requests. At most `limits.max` connections are open at
+/// once, and one silent for `limits.idle` is closed.
 pub async fn serve_http(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: ConnLimits,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     let signal = shutdown.clone();
-    // Small responses (a playlist, an init segment, a 304) go out at once instead of waiting on
-    // Nagle's algorithm for the ACK of the previous write (40 ms with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY could not be set");
-        }
-    });
+    let listener = conn::BoundedListener::new(listener, limits);
     let server = axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(async move { signal.cancelled().await });
     with_deadline(server.into_future(), shutdown, grace, "HTTP").await

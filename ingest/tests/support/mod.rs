@@ -200,12 +200,14 @@ impl Server {
                 router.clone(),
                 shutdown.clone(),
                 grace,
+                Default::default(),
             )),
             tokio::spawn(common::server::h3::serve(
                 endpoint,
                 router,
                 shutdown.clone(),
                 grace,
+                Default::default(),
             )),
         ];
         if assembler {
