@@ -1,7 +1,8 @@
 //! One voice Q&A session over a WebSocket.
 //!
 //! Client → server: `{"type":"answer_start","format":F}` (F: wav, pcm16, ogg, webm, mp3, m4a),
-//! binary audio frames, `{"type":"answer_done"}`. Server → client: `question_delta`,
+//! binary audio frames, `{"type":"answer_done"}`, `{"type":"answer_text","text":T}`, and
+//! `{"type":"ping"}` (answered with `pong`) to keep an idle socket open. Server → client: `question_delta`,
 //! `sentence`, `audio_start` + binary frames + `audio_end` (each sentence a complete stream),
 //! `transcript_partial` / `transcript`, `round_done`, `metrics`, `error`.
 //!
@@ -36,56 +37,91 @@ enum In {
     Done,
     /// A typed answer (when the client has no microphone).
     Text(String),
-    /// A message we do not understand (already answered with an `error`).
-    Bad,
+    /// A message that needs nothing more: already answered (an `error`, or the `pong` to a
+    /// `ping`).
+    Answered,
 }
 
 /// The longest JSON message a client may send (a typed answer of `MAX_TYPED_CHARS` fits);
 /// longer ones are refused unparsed. Binary audio messages are bounded by the WebSocket's
 /// own message limit.
-const MAX_TEXT_BYTES: usize = 16 * 1024;
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
 
-fn parse(msg: Message, out: &mpsc::Sender<Out>) -> Option<In> {
-    match msg {
-        Message::Binary(b) => Some(In::Audio(b)),
-        Message::Text(t) if t.len() > MAX_TEXT_BYTES => {
-            let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("a JSON message may be at most {MAX_TEXT_BYTES} bytes (this one is {})", t.len())})));
-            Some(In::Bad)
-        }
-        Message::Text(t) => {
-            let v: Value = match serde_json::from_str(t.as_str()) {
-                Ok(v) => v,
-                Err(_) => {
-                    let _ = out.try_send(Out::Json(json!({"type": "error", "message": "messages must be JSON objects with a \"type\""})));
-                    return Some(In::Bad);
-                }
-            };
-            match v["type"].as_str() {
-                Some("answer_start") => match v["format"].as_str().and_then(Format::parse) {
-                    Some(f) => Some(In::Start(f)),
-                    None => {
-                        let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("unknown answer format {}; use wav, pcm16, ogg, webm, mp3 or m4a", v["format"])})));
-                        Some(In::Bad)
-                    }
-                },
-                Some("answer_done") => Some(In::Done),
-                Some("answer_text") => match v["text"].as_str().map(str::trim) {
-                    Some(t) if !t.is_empty() && t.chars().count() <= MAX_TYPED_CHARS => {
-                        Some(In::Text(t.to_string()))
-                    }
-                    _ => {
-                        let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("answer_text needs a \"text\" of 1 to {MAX_TYPED_CHARS} characters")})));
-                        Some(In::Bad)
-                    }
-                },
-                other => {
-                    let _ = out.try_send(Out::Json(json!({"type": "error", "message": format!("unknown message type {}", other.map_or("(none)".to_string(), |t| format!("{t:?}")))})));
-                    Some(In::Bad)
-                }
+/// A client's text (JSON) message, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientText {
+    /// `{"type":"answer_start","format":F}`: binary audio in format F follows.
+    Start(Format),
+    /// `{"type":"answer_done"}`: the answer is complete.
+    Done,
+    /// `{"type":"answer_text","text":T}`: a typed answer (trimmed, 1 to 2000 characters).
+    Text(String),
+    /// `{"type":"ping"}`: keeps an idle socket open (the server answers `{"type":"pong"}`);
+    /// browsers cannot send WebSocket ping frames themselves.
+    Ping,
+}
+
+/// Parses a client's text message (the WebSocket reader's core, without I/O): the message, or
+/// the reason sent back in an `error`.
+pub fn parse_text(text: &str) -> Result<ClientText, String> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "a JSON message may be at most {MAX_TEXT_BYTES} bytes (this one is {})",
+            text.len()
+        ));
+    }
+    let v: Value = serde_json::from_str(text)
+        .map_err(|_| "messages must be JSON objects with a \"type\"".to_string())?;
+    match v["type"].as_str() {
+        Some("answer_start") => v["format"]
+            .as_str()
+            .and_then(Format::parse)
+            .map(ClientText::Start)
+            .ok_or_else(|| {
+                format!(
+                    "unknown answer format {}; use wav, pcm16, ogg, webm, mp3 or m4a",
+                    v["format"]
+                )
+            }),
+        Some("answer_done") => Ok(ClientText::Done),
+        Some("ping") => Ok(ClientText::Ping),
+        Some("answer_text") => match v["text"].as_str().map(str::trim) {
+            Some(t) if !t.is_empty() && t.chars().count() <= MAX_TYPED_CHARS => {
+                Ok(ClientText::Text(t.to_string()))
             }
+            _ => Err(format!(
+                "answer_text needs a \"text\" of 1 to {MAX_TYPED_CHARS} characters"
+            )),
+        },
+        other => Err(format!(
+            "unknown message type {}",
+            other.map_or("(none)".to_string(), |t| format!("{t:?}"))
+        )),
+    }
+}
+
+/// The reader's adapter: a socket message into the session's input; `None` when the client
+/// closed. Errors and pongs are answered here.
+fn parse(msg: Message, out: &mpsc::Sender<Out>) -> Option<In> {
+    let text = match msg {
+        Message::Binary(b) => return Some(In::Audio(b)),
+        Message::Text(t) => t,
+        Message::Close(_) => return None,
+        // WebSocket ping frames are answered by the socket itself
+        _ => return Some(In::Answered),
+    };
+    match parse_text(text.as_str()) {
+        Ok(ClientText::Start(f)) => Some(In::Start(f)),
+        Ok(ClientText::Done) => Some(In::Done),
+        Ok(ClientText::Text(t)) => Some(In::Text(t)),
+        Ok(ClientText::Ping) => {
+            let _ = out.try_send(Out::Json(json!({"type": "pong"})));
+            Some(In::Answered)
         }
-        Message::Close(_) => None,
-        _ => Some(In::Bad),
+        Err(message) => {
+            let _ = out.try_send(Out::Json(json!({"type": "error", "message": message})));
+            Some(In::Answered)
+        }
     }
 }
 
@@ -232,7 +268,7 @@ async fn rounds(
                         Some(In::Audio(_)) | Some(In::Done) => {
                             let _ = out.send(Out::Json(json!({"type": "error", "message": "send answer_start before the answer's audio"}))).await;
                         }
-                        Some(In::Bad) => {}
+                        Some(In::Answered) => {}
                     },
                 }
             }
@@ -426,7 +462,7 @@ async fn answer(
                     }
                 }
             }
-            In::Bad => {}
+            In::Answered => {}
         }
     }
 }

@@ -630,6 +630,13 @@ async fn llm_stalls_and_breaks_and_bad_answers_get_clear_errors_and_the_session_
             .contains("no text within")
     );
 
+    // a keep-alive ping is answered and changes nothing
+    ws.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
+    let p = read_until(&mut ws, |v| v["type"] == "pong" || v["type"] == "error").await;
+    assert_eq!(p.of("pong").len(), 1, "{:?}", p.events);
+
     // bad answers, one after another, on the same session
     ws.send(Message::Text(json!({"type": "hello"}).to_string().into()))
         .await

@@ -267,6 +267,10 @@ async function startQa() {
     const ws = new WebSocket(`${proto}://${location.host}${s.ws_url}?ticket=${encodeURIComponent(await ticket())}`);
     ws.binaryType = 'arraybuffer';
     state.ws = ws;
+    // The server closes a connection that carries no byte for http.idle_timeout_secs (120 s by
+    // default) and browsers cannot send WebSocket ping frames: a JSON ping keeps a long pause
+    // (a user thinking before answering) from ending the conversation.
+    const keepalive = setInterval(() => { if (ws.readyState === WebSocket.OPEN) ws.send('{"type":"ping"}'); }, 30000);
     let chunks = null;
     let spoken = '';
     ws.onmessage = (e) => {
@@ -313,10 +317,12 @@ async function startQa() {
           break;
         case 'round_done': $('qa-status').textContent = 'Thanks! Here comes the next question…'; show('answer-row', false); break;
         case 'error': fail('mic-error', m.message); break;
+        case 'pong': break;
         default: break;
       }
     };
     ws.onclose = () => {
+      clearInterval(keepalive);
       $('qa-status').textContent = 'The conversation is over. Thank you!';
       show('answer-row', false); show('text-answer-row', false);
       $('qa-start').disabled = false;
