@@ -16,11 +16,22 @@ pub struct Segment {
     pub keyframe_bytes: u64,
 }
 
+/// A duration or rate as a playlist may show it: a broken source can make a NaN, infinite or
+/// negative one (a zero timescale, say), and those would make the playlist unparseable.
+fn positive(x: f64) -> Option<f64> {
+    (x.is_finite() && x > 0.0).then_some(x)
+}
+
+/// `EXTINF` of a segment: its duration, or 0 when it has none a player could use.
+fn extinf(s: &Segment) -> f64 {
+    positive(s.duration).unwrap_or(0.0)
+}
+
 /// `EXT-X-TARGETDURATION`: every `EXTINF` rounded to the nearest integer must not exceed it.
 pub fn target_duration(segments: &[Segment]) -> u64 {
     segments
         .iter()
-        .map(|s| (s.duration + 0.5).floor() as u64)
+        .map(|s| (extinf(s) + 0.5).floor() as u64)
         .max()
         .unwrap_or(1)
         .max(1)
@@ -40,7 +51,7 @@ pub fn media(init_uri: &str, segments: &[Segment]) -> String {
     header(&mut out, target_duration(segments));
     let _ = writeln!(out, "#EXT-X-MAP:URI=\"{init_uri}\"");
     for s in segments {
-        let _ = write!(out, "#EXTINF:{:.6},\n{}\n", s.duration, s.uri);
+        let _ = write!(out, "#EXTINF:{:.6},\n{}\n", extinf(s), s.uri);
     }
     out.push_str("#EXT-X-ENDLIST\n");
     out
@@ -56,7 +67,9 @@ pub fn iframes(init_uri: &str, segments: &[Segment]) -> String {
         let _ = write!(
             out,
             "#EXTINF:{:.6},\n#EXT-X-BYTERANGE:{}@0\n{}\n",
-            s.duration, s.keyframe_bytes, s.uri
+            extinf(s),
+            s.keyframe_bytes,
+            s.uri
         );
     }
     out.push_str("#EXT-X-ENDLIST\n");
@@ -82,7 +95,7 @@ pub fn bandwidths(segments: &[Segment]) -> (u64, u64) {
         .max()
         .unwrap_or(0);
     let total_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
-    let total_secs: f64 = segments.iter().map(|s| s.duration).sum();
+    let total_secs: f64 = segments.iter().map(extinf).sum();
     let avg = if total_secs > 0.0 {
         (total_bytes as f64 * 8.0 / total_secs).ceil() as u64
     } else {
@@ -126,10 +139,14 @@ pub fn master(variants: &[Variant]) -> String {
             Some(a) => format!("{},{a}", v.video_codec),
             None => v.video_codec.clone(),
         };
+        // FRAME-RATE is optional: left out rather than written as NaN or 0
+        let rate = positive(v.frame_rate)
+            .map(|r| format!(",FRAME-RATE={r:.3}"))
+            .unwrap_or_default();
         let _ = write!(
             out,
-            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{},FRAME-RATE={:.3},CODECS=\"{codecs}\"\n{}\n",
-            v.bandwidth, v.average_bandwidth, v.width, v.height, v.frame_rate, v.uri
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},RESOLUTION={}x{}{rate},CODECS=\"{codecs}\"\n{}\n",
+            v.bandwidth, v.average_bandwidth, v.width, v.height, v.uri
         );
     }
     for v in &sorted {
@@ -274,6 +291,35 @@ mod tests {
             #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,RESOLUTION=854x480,CODECS=\"avc1.64001f\",URI=\"480p/iframes.m3u8\"\n\
             #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,RESOLUTION=1280x720,CODECS=\"avc1.64001f\",URI=\"720p/iframes.m3u8\"\n";
         assert_eq!(m, expected);
+    }
+
+    /// Found by the `playlist` fuzz target: a source with a zero timescale made NaN rates and
+    /// durations, and the master said `FRAME-RATE=NaN`, which no parser takes.
+    #[test]
+    fn nan_infinite_and_negative_durations_and_rates_keep_playlists_parseable() {
+        let m = master(&[Variant {
+            uri: "a/index.m3u8".into(),
+            iframe_uri: "a/iframes.m3u8".into(),
+            bandwidth: 1,
+            average_bandwidth: 1,
+            iframe_bandwidth: 1,
+            width: 2,
+            height: 2,
+            frame_rate: f64::NAN,
+            video_codec: "avc1.64001f".into(),
+            audio_codec: None,
+        }]);
+        assert!(m.contains("RESOLUTION=2x2,CODECS="), "{m}");
+        assert!(!m.contains("FRAME-RATE"), "{m}");
+        let mut s = segs(&[f64::NAN, f64::INFINITY, -2.0, 4.0]);
+        for seg in &mut s {
+            seg.bytes = 1000;
+        }
+        let p = media("init.mp4", &s);
+        assert_eq!(p.matches("#EXTINF:0.000000,").count(), 3, "{p}");
+        assert!(p.contains("#EXT-X-TARGETDURATION:4\n"), "{p}");
+        // the average counts the segments' bytes over the 4 s a player can use
+        assert_eq!(bandwidths(&s), (2000, 8000));
     }
 
     #[test]
