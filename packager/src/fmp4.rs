@@ -371,32 +371,32 @@ fn traf(b: &mut BytesMut, track: u32, samples: &[Sample], video: bool, slots: &m
     });
 }
 
+/// The body of the box at `path` (`[b"moof", b"traf", b"trun"]`: the first match at each
+/// level), or `None` when a level is missing or a size does not fit. A minimal reader for
+/// checking what [`init_segment`] and [`fragment`] wrote (tests and fuzz targets); it never
+/// reads past `data`, whatever the sizes claim.
+pub fn find_box<'a>(data: &'a [u8], path: &[&[u8; 4]]) -> Option<&'a [u8]> {
+    let mut cur = data;
+    for kind in path {
+        let mut rest = cur;
+        cur = loop {
+            let header = rest.get(..8)?;
+            let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+            if size < 8 || size > rest.len() {
+                return None;
+            }
+            if &header[4..8] == *kind {
+                break &rest[8..size];
+            }
+            rest = &rest[size..];
+        };
+    }
+    Some(cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn find_box<'a>(data: &'a [u8], path: &[&[u8; 4]]) -> Option<&'a [u8]> {
-        let mut cur = data;
-        for (depth, kind) in path.iter().enumerate() {
-            let mut i = 0;
-            let mut found = None;
-            while i + 8 <= cur.len() {
-                let size =
-                    u32::from_be_bytes([cur[i], cur[i + 1], cur[i + 2], cur[i + 3]]) as usize;
-                if size < 8 || i + size > cur.len() {
-                    return None;
-                }
-                if &cur[i + 4..i + 8] == *kind {
-                    found = Some(&cur[i + 8..i + size]);
-                    break;
-                }
-                i += size;
-            }
-            cur = found?;
-            let _ = depth;
-        }
-        Some(cur)
-    }
 
     fn video_track() -> VideoTrack {
         VideoTrack {

@@ -14,8 +14,12 @@
 //! Neural voice models: `MOMENTS_TEST_MODELS_DIR` (default `~/.cache/moments/models`, where
 //! `deploy/test.sh` installs them with `deploy/install-models.sh`). Tests of the neural engines
 //! fail when they are not there, unless `MOMENTS_TEST_SKIP_MODELS=1` (skip with a notice).
+//!
+//! Fuzz targets: [`fuzz::replay`] runs a cargo-fuzz target's check in the ordinary test suite.
 
 #![allow(clippy::expect_used)] // test support: failing loudly is the point
+
+pub mod fuzz;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,9 @@
+//! Fuzzes the Q&A WebSocket's text-message parser (body: `../checks.rs`).
+//!
+//!   deploy/fuzz.sh 60 ws_message
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::ws_message(data));

@@ -1,0 +1,9 @@
+//! Fuzzes packager's `boxes` check (body: `../checks.rs`).
+//!
+//!   deploy/fuzz.sh 60 boxes
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::boxes(data));
