@@ -302,10 +302,16 @@ pub fn transcode(
         ..Default::default()
     });
     let codec_name = vctx.id().name().to_string();
-    let mut vdec = vctx
-        .decoder()
-        .video()
-        .map_err(|e| Error::Invalid(format!("no decoder for the video codec {codec_name}: {e}")))?;
+    let mut vdec = vctx.decoder().video().map_err(|e| {
+        Error::Invalid(if codec_name == "none" {
+            // a damaged header: the stream is there but names no codec
+            "not a playable video (truncated, corrupted or not a video file): the video \
+                 stream names no codec"
+                .to_string()
+        } else {
+            format!("the video codec {codec_name} is not supported: {e}")
+        })
+    })?;
     let container_duration = if ictx.duration() > 0 {
         ictx.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE)
     } else {
