@@ -462,17 +462,12 @@ impl Transcoder {
     }
 }
 
-#[async_trait]
-impl Handler for Transcoder {
-    fn kind(&self) -> &'static str {
-        moment::TRANSCODE_KIND
-    }
+/// How long a job waits, without using an attempt, while the object store is unreachable.
+const STORE_OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
-    fn time_limit(&self) -> Duration {
-        Duration::from_secs(self.config.job_time_limit_secs)
-    }
-
-    async fn run(&self, job: &Job, ctx: &Context) -> Result<(), JobError> {
+impl Transcoder {
+    /// One attempt at a transcode job.
+    async fn run_once(&self, job: &Job, ctx: &Context) -> Result<(), JobError> {
         let Some(id) = job.payload["moment"].as_str() else {
             return Err(JobError::permanent("job payload names no moment"));
         };
@@ -558,6 +553,44 @@ impl Handler for Transcoder {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// A retryable failure while the object store itself is unreachable is the store's outage,
+    /// not the job's fault: the job waits [`STORE_OUTAGE_RETRY`] and tries again without using
+    /// one of its attempts (three attempts with a 2 s backoff would otherwise all be spent in
+    /// a 10 s outage). Any other failure counts as usual.
+    async fn outage_or(&self, e: JobError) -> JobError {
+        let reason = match tokio::time::timeout(Duration::from_secs(5), self.store.check()).await {
+            Ok(Ok(())) => return e,
+            Ok(Err(check)) => check.to_string(),
+            Err(_) => "its readiness check timed out".to_string(),
+        };
+        tracing::warn!(error = %e.message, store = %reason, "object store unavailable: the job waits without using an attempt");
+        JobError::defer(
+            format!(
+                "storage unavailable, waiting without using an attempt: {}",
+                e.message
+            ),
+            Defer::For(STORE_OUTAGE_RETRY),
+        )
+    }
+}
+
+#[async_trait]
+impl Handler for Transcoder {
+    fn kind(&self) -> &'static str {
+        moment::TRANSCODE_KIND
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_secs(self.config.job_time_limit_secs)
+    }
+
+    async fn run(&self, job: &Job, ctx: &Context) -> Result<(), JobError> {
+        match self.run_once(job, ctx).await {
+            Err(e) if e.retryable && e.defer.is_none() => Err(self.outage_or(e).await),
+            r => r,
         }
     }
 

@@ -189,3 +189,133 @@ async fn the_ladder_publishes_to_a_real_s3_server_with_headers() {
     let probe = support::ffprobe(init.to_str().unwrap(), &["-show_streams"]);
     assert_eq!(probe["streams"][0]["height"], 480);
 }
+
+/// Every playlist a published master names, and every object those playlists name, exists
+/// (what a player reading the master would need): the first key the store says is not there.
+/// A read that fails otherwise (the server is down) proves nothing and ends the check.
+async fn missing_under_master(store: &dyn ObjectStore, id: &str) -> Option<String> {
+    let gone = |key: &str, r: Result<(), Error>| match r {
+        Err(Error::NotFound(_)) => Some(Some(key.to_string())),
+        Err(_) => Some(None),
+        Ok(()) => None,
+    };
+    let master_key = Key::new(format!("hls/{id}/master.m3u8")).unwrap();
+    let master = store.get_bytes(&master_key, 1 << 20).await.ok()?;
+    let master = String::from_utf8_lossy(&master).to_string();
+    for uri in master
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let playlist_key = format!("hls/{id}/{uri}");
+        let text = match store
+            .get_bytes(&Key::new(playlist_key.clone()).unwrap(), 1 << 20)
+            .await
+        {
+            Ok(t) => String::from_utf8_lossy(&t).to_string(),
+            Err(e) => return gone(&playlist_key, Err(e)).flatten(),
+        };
+        let dir = uri.rsplit_once('/').map_or("", |(d, _)| d);
+        let map = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+            .map(|r| r.trim_end_matches('"'));
+        let segments = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'));
+        for name in map.chain(segments) {
+            let key = format!("hls/{id}/{dir}/{name}");
+            let r = store
+                .head(&Key::new(key.clone()).unwrap())
+                .await
+                .map(|_| ());
+            if let Some(missing) = gone(&key, r) {
+                return missing;
+            }
+        }
+    }
+    None
+}
+
+/// The S3 server stops for 10 s while a ladder is being published, with the queue's own
+/// retry settings (3 attempts, 2 s backoff): the job retries and finishes, and a reader polling
+/// the master throughout never sees one that names a missing object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_server_stopped_for_10_s_mid_publish_delays_the_ladder_but_never_breaks_it() {
+    let s3 = Arc::new(common::testing::S3Server::start());
+    let store = Arc::new(s3.store("moments", "outage", 8 * 1024 * 1024).await);
+    let env = support::env_with_queue(
+        Some(store.clone()),
+        support::transcode_config(),
+        common::queue::Config::default(),
+    )
+    .await;
+    let src = support::clip(env.dir.path(), "in.mp4", 1280, 720, 8.0, 30, true);
+    let id = support::submit(&env, "alice", &src).await;
+
+    // the outage starts once the first object of the ladder is in
+    let outage = {
+        let (s3, store, id) = (s3.clone(), store.clone(), id.clone());
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Ok(objects) = store.list(&format!("hls/{id}/")).await
+                    && !objects.is_empty()
+                {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nothing was ever published"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let published_before = store
+                .list(&format!("hls/{id}/"))
+                .await
+                .map_or(0, |o| o.len());
+            tokio::task::spawn_blocking(move || {
+                s3.kill();
+                std::thread::sleep(Duration::from_secs(10));
+                s3.restart();
+            })
+            .await
+            .unwrap();
+            published_before
+        })
+    };
+    // a reader polling the master all along
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, id, done) = (store.clone(), id.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !done.load(Ordering::SeqCst) {
+                if let Some(missing) = missing_under_master(&*store, &id).await {
+                    return Err(missing);
+                }
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(checks)
+        })
+    };
+
+    let m = support::wait_final(&env, &id, Duration::from_secs(240)).await;
+    done.store(true, Ordering::SeqCst);
+    let published_before = outage.await.unwrap();
+    let checks = reader
+        .await
+        .unwrap()
+        .unwrap_or_else(|k| panic!("the master named {k}, which was missing"));
+    assert_eq!(m.state, State::Ready, "{:?}", m.error);
+    assert!(missing_under_master(&*store, &id).await.is_none());
+    let attempts = sqlx::query_scalar::<_, i64>("SELECT attempts FROM jobs WHERE dedup_key = $1")
+        .bind(format!("transcode:{id}"))
+        .fetch_one(env.db.pool())
+        .await
+        .unwrap();
+    eprintln!(
+        "S3 down 10 s after {published_before} objects were in: ready after {attempts} attempt(s); \
+         the master was polled {checks} times"
+    );
+}

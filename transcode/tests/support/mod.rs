@@ -33,6 +33,20 @@ pub fn transcode_config() -> transcode::Config {
 }
 
 pub async fn env_with(store: Option<Store>, config: transcode::Config) -> Env {
+    let queue = QueueConfig {
+        poll_ms: 50,
+        backoff_base_ms: 100,
+        ..Default::default()
+    };
+    env_with_queue(store, config, queue).await
+}
+
+/// [`env_with`] with the queue's own settings (retries, backoff) instead of the fast ones.
+pub async fn env_with_queue(
+    store: Option<Store>,
+    config: transcode::Config,
+    queue: QueueConfig,
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(
         &format!("sqlite://{}", dir.path().join("m.db").display()),
@@ -44,14 +58,7 @@ pub async fn env_with(store: Option<Store>, config: transcode::Config) -> Env {
         Some(s) => s,
         None => Arc::new(Local::open(dir.path().join("objects")).await.unwrap()),
     };
-    let queue = Queue::new(
-        db.clone(),
-        QueueConfig {
-            poll_ms: 50,
-            backoff_base_ms: 100,
-            ..Default::default()
-        },
-    );
+    let queue = Queue::new(db.clone(), queue);
     let handler = transcode::job::Transcoder::new(
         db.clone(),
         store.clone(),
