@@ -38,6 +38,12 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# A fuzz crate is its own workspace: start its lock file from the main one, so it builds the
+# same dependency versions the test suite runs.
+for crate in common ingest packager asr-tts; do
+  [ -f "$root/$crate/fuzz/Cargo.lock" ] || cp "$root/Cargo.lock" "$root/$crate/fuzz/Cargo.lock"
+done
+
 if [ "${2:-}" = "--" ]; then
   t=$1 file=${3:?usage: deploy/fuzz.sh TARGET -- FILE}
   crate=$(crate_of "$t")
