@@ -90,12 +90,60 @@ pub fn endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
 ) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    endpoint_with(socket, server, quinn::EndpointConfig::default())
+}
+
+fn endpoint_with(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    config: quinn::EndpointConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(config, server, socket, Arc::new(quinn::TokioRuntime))
+}
+
+/// The server's stateless-reset key, derived from its TLS private key so that it survives a
+/// restart. A client whose connection died with the old process then gets a reset it can
+/// verify at its next packet and reconnects at once; with a random key per process it would
+/// wait out the 30 s idle timeout. Nodes sharing a certificate share the key, which is what
+/// QUIC behind a load balancer needs.
+struct ResetKey(Vec<u8>);
+
+impl ResetKey {
+    fn from_identity(identity: &Identity) -> ResetKey {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"moments quic stateless reset v1\0");
+        h.update(identity.key.secret_der());
+        ResetKey(h.finalize().to_vec())
+    }
+
+    fn mac(&self, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(data);
+        mac
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac;
+        let tag = self.mac(data).finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac;
+        self.mac(data)
+            .verify_slice(signature)
+            .map_err(|_| quinn::crypto::CryptoError)
+    }
 }
 
 /// Binds the QUIC endpoint (UDP), with a clear message when the port is taken.
@@ -109,8 +157,9 @@ pub fn bind(
         .map_err(|e| Error::Tls(format!("TLS config unusable for QUIC: {e}")))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport_config(congestion)));
+    let reset = quinn::EndpointConfig::new(Arc::new(ResetKey::from_identity(identity)));
     udp_socket(addr)
-        .and_then(|s| endpoint(s, Some(cfg)))
+        .and_then(|s| endpoint_with(s, Some(cfg), reset))
         .map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 Error::AddrInUse {
@@ -330,4 +379,32 @@ async fn request(
     }
     send.finish().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quinn::crypto::HmacKey;
+
+    #[test]
+    fn the_reset_key_survives_a_restart_and_differs_between_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = crate::server::tls::ensure_self_signed(dir.path()).expect("identity");
+        let again = crate::server::tls::ensure_self_signed(dir.path()).expect("identity");
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = crate::server::tls::ensure_self_signed(other_dir.path()).expect("identity");
+        let (a, b, c) = (
+            ResetKey::from_identity(&first),
+            ResetKey::from_identity(&again),
+            ResetKey::from_identity(&other),
+        );
+        let mut token = [0u8; 32];
+        a.sign(b"connection id", &mut token);
+        assert!(
+            b.verify(b"connection id", &token).is_ok(),
+            "the restarted process accepts it"
+        );
+        assert!(c.verify(b"connection id", &token).is_err());
+        assert!(b.verify(b"another id", &token).is_err());
+    }
 }
