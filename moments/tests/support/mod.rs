@@ -133,7 +133,7 @@ pub async fn spawn(
 
 /// The `moments` binary to run in `dir`, without the `MOMENTS_*` settings of the environment
 /// the tests run in (the `MOMENTS_TEST_*` knobs stay).
-fn moments_command(dir: &Path) -> Command {
+pub fn moments_command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_moments"));
     for (k, _) in std::env::vars() {
         if k.starts_with("MOMENTS_") && !k.starts_with("MOMENTS_TEST_") {
@@ -145,7 +145,7 @@ fn moments_command(dir: &Path) -> Command {
 }
 
 /// Waits (up to a minute) until `base/readyz` answers 200.
-async fn wait_ready(base: &str) {
+pub async fn wait_ready(base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(r) = reqwest::get(format!("{base}/readyz")).await
