@@ -33,8 +33,13 @@ use sqlx::Row;
 
 const BIN: &str = env!("CARGO_BIN_EXE_moments");
 
-const TOML: &str = "[queue]\nlease_secs = 2\npoll_ms = 500\nbackoff_base_ms = 200\n\n\
-[transcode]\nx264_preset = \"ultrafast\"\n\n[ingest]\nmax_active_per_user = 100\n";
+/// Every node's settings (`{attempts}`: the queue's `max_attempts`), before the test's own.
+fn base_toml(attempts: u32) -> String {
+    format!(
+        "[queue]\nlease_secs = 2\npoll_ms = 500\nbackoff_base_ms = 200\nmax_attempts = {attempts}\n\n\
+         [transcode]\nx264_preset = \"ultrafast\"\n\n[ingest]\nmax_active_per_user = 100\n"
+    )
+}
 
 /// One `moments` process with its own data directory.
 struct Node {
@@ -50,10 +55,12 @@ impl Node {
         s3: &S3Server,
         public_key: &Path,
         quic: bool,
+        attempts: u32,
         toml: &str,
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("moments.toml"), format!("{TOML}\n{toml}")).unwrap();
+        let config = format!("{}\n{toml}", base_toml(attempts));
+        std::fs::write(dir.path().join("moments.toml"), config).unwrap();
         let http = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(BIN);
         for (k, _) in std::env::vars() {
@@ -132,6 +139,8 @@ struct Cluster {
     db: Db,
     key: String,
     public_key: PathBuf,
+    /// The queue's `max_attempts` on every node started from now on.
+    attempts: u32,
     _keys: tempfile::TempDir,
 }
 
@@ -154,6 +163,7 @@ impl Cluster {
             db,
             key,
             public_key,
+            attempts: 3,
             _keys: keys,
         }
     }
@@ -163,7 +173,8 @@ impl Cluster {
     }
 
     fn node_with(&self, args: &[&str], quic: bool, toml: &str) -> Node {
-        Node::start(args, &self.pg.url, &self.s3, &self.public_key, quic, toml)
+        let (pg, key) = (&self.pg.url, &self.public_key);
+        Node::start(args, pg, &self.s3, key, quic, self.attempts, toml)
     }
 
     fn token(&self) -> String {
@@ -776,4 +787,249 @@ async fn scaleout_throughput() {
             f.jobs as f64 * 60.0 / f.secs
         );
     }
+}
+
+/// A number from the environment, or `default` (the suite's short version).
+fn knob(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What a reader polling every master playlist saw.
+#[derive(Default)]
+struct Polled {
+    /// Sweeps over all moments.
+    sweeps: usize,
+    /// Masters read (200).
+    masters: usize,
+    /// Objects listed by a master or its media playlists and checked in the store.
+    objects: usize,
+    /// What was wrong: a master naming a playlist that is not served, or an object missing.
+    broken: Vec<String>,
+}
+
+/// Reads every moment's master through `base` until `stop`, and each media playlist it names,
+/// and checks in the store every segment and init section they list.
+async fn poll_masters(
+    base: String,
+    store: common::store::s3::S3,
+    moments: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Polled {
+    let http = reqwest::Client::new();
+    let mut seen = Polled::default();
+    while !stop.is_cancelled() {
+        for moment in &moments {
+            let Ok(r) = http
+                .get(format!("{base}/hls/{moment}/master.m3u8"))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            if r.status() != 200 {
+                continue;
+            }
+            let text = r.bytes().await.unwrap_or_default();
+            let Ok(master) = m3u8_rs::parse_master_playlist_res(&text) else {
+                seen.broken
+                    .push(format!("{moment}: the master does not parse"));
+                continue;
+            };
+            seen.masters += 1;
+            let uris = master
+                .variants
+                .iter()
+                .map(|v| v.uri.clone())
+                .chain(master.alternatives.iter().filter_map(|a| a.uri.clone()));
+            for uri in uris {
+                let media = http.get(format!("{base}/hls/{moment}/{uri}")).send().await;
+                let body = match media {
+                    Ok(m) if m.status() == 200 => m.bytes().await.unwrap_or_default(),
+                    Ok(m) => {
+                        seen.broken
+                            .push(format!("{moment}: the master names {uri}: {}", m.status()));
+                        continue;
+                    }
+                    Err(_) => continue, // the API node is fine; a client-side hiccup
+                };
+                let Ok(pl) = m3u8_rs::parse_media_playlist_res(&body) else {
+                    seen.broken.push(format!("{moment}/{uri} does not parse"));
+                    continue;
+                };
+                let dir = uri.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                let mut objects: Vec<String> = pl.segments.iter().map(|s| s.uri.clone()).collect();
+                objects.extend(
+                    pl.segments
+                        .iter()
+                        .filter_map(|s| s.map.as_ref().map(|m| m.uri.clone())),
+                );
+                objects.sort();
+                objects.dedup();
+                for object in objects {
+                    let key = Key::new(format!("hls/{moment}/{dir}/{object}")).unwrap();
+                    seen.objects += 1;
+                    if store.head(&key).await.is_err() {
+                        seen.broken
+                            .push(format!("{moment}: {dir}/{object} is listed but missing"));
+                    }
+                }
+            }
+        }
+        seen.sweeps += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
+/// Workers killed with SIGKILL at random points (decoding, encoding, publishing, idle) while
+/// they work through a queue of moments, each replaced by a fresh worker: every job completes
+/// exactly once (one `done` run, no two runs overlapping, one `moment.ready`), and a reader
+/// polling every master playlist all along never sees one that names a missing object.
+/// The suite runs 12 jobs and 4 kills; `MOMENTS_TEST_FAULT_JOBS=30 MOMENTS_TEST_FAULT_WORKER_KILLS=10`
+/// is the full version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_at_random_points_complete_every_job_exactly_once() {
+    let jobs = knob("MOMENTS_TEST_FAULT_JOBS", 12);
+    let kills = knob("MOMENTS_TEST_FAULT_WORKER_KILLS", 4);
+    let mut c = Cluster::new().await;
+    // a job may be hit by several kills: each takes an attempt
+    c.attempts = 3 + kills as u32;
+    let clips = tempfile::tempdir().unwrap();
+    // long enough (about a second of work each) for a kill to land mid-job
+    let (w, h, secs, kbps) = (640, 360, 6, 1500);
+    let clip = support::faststart_clip(clips.path(), "clip.mp4", w, h, secs, kbps);
+    let data = std::fs::read(&clip).unwrap();
+    let token = c.token();
+    let http = reqwest::Client::new();
+    let mut api = c.node(&["serve", "--roles", "api,ingest"], false);
+    api.ready().await;
+    let mut moments = Vec::new();
+    for _ in 0..jobs {
+        let (path, moment) = create(&http, &api.http, &token, data.len()).await;
+        patch(&http, &api.http, &path, &token, 0, &data).await;
+        moments.push(moment);
+    }
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poller = tokio::spawn(poll_masters(
+        api.http.clone(),
+        c.store.clone(),
+        moments.clone(),
+        stop.clone(),
+    ));
+    let t0 = Instant::now();
+    let mut pool: Vec<Node> = (0..3).map(|_| c.node(&["worker"], false)).collect();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut killed = 0;
+    let mut next_kill = Instant::now() + Duration::from_millis(500 + next() % 2000);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM moments WHERE state IN ('ready', 'failed')")
+                .fetch_one(c.db.pool())
+                .await
+                .unwrap();
+        if done as usize == jobs {
+            break;
+        }
+        if killed < kills && Instant::now() >= next_kill {
+            let victim = (next() % pool.len() as u64) as usize;
+            pool[victim].kill();
+            pool[victim] = c.node(&["worker"], false);
+            killed += 1;
+            next_kill = Instant::now() + Duration::from_millis(300 + next() % 2500);
+        }
+        assert!(Instant::now() < deadline, "not finished: {done} of {jobs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t0.elapsed();
+    stop.cancel();
+    let polled = poller.await.unwrap();
+    for moment in &moments {
+        let m = common::moment::get(&c.db, moment).await.unwrap().unwrap();
+        assert_eq!(
+            m.state,
+            common::moment::State::Ready,
+            "{moment}: {:?}",
+            m.error
+        );
+        let readies: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE subject = $1 AND type = 'moment.ready'",
+        )
+        .bind(format!("moment:{moment}"))
+        .fetch_one(c.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(readies, 1, "{moment} became ready {readies} times");
+    }
+    assert_eq!(
+        killed, kills,
+        "the jobs finished after {killed} of {kills} kills: give them more to do"
+    );
+    let queue = Queue::new(c.db.clone(), Default::default());
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'transcode'")
+        .fetch_all(c.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), jobs);
+    let (mut runs_total, mut taken_over) = (0, 0);
+    for id in &ids {
+        let runs = queue.runs(id).await.unwrap();
+        runs_total += runs.len();
+        let done = runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("done"))
+            .count();
+        assert_eq!(done, 1, "job {id} completed {done} times: {runs:?}");
+        assert_eq!(
+            runs.last().unwrap().outcome.as_deref(),
+            Some("done"),
+            "{runs:?}"
+        );
+        for w in runs.windows(2) {
+            assert!(
+                w[0].last_seen <= w[1].started_at
+                    && w[0].ended_at.is_none_or(|e| e <= w[1].started_at),
+                "job {id} overlapped on two workers: {runs:?}"
+            );
+        }
+        taken_over += runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("lease_lost"))
+            .count();
+    }
+    assert!(
+        taken_over >= 1,
+        "no kill landed mid-job ({killed} kills): the test showed nothing"
+    );
+    assert!(
+        polled.broken.is_empty(),
+        "the reader saw broken masters: {:#?}",
+        polled.broken
+    );
+    assert!(
+        polled.masters >= jobs,
+        "the reader read {} masters",
+        polled.masters
+    );
+    eprintln!(
+        "{jobs} jobs, {killed} workers SIGKILLed ({taken_over} mid-job, taken over): every job \
+         done exactly once in {runs_total} runs, {took:.1?}; the reader swept the masters {} \
+         times ({} masters, {} listed objects checked): none missing",
+        polled.sweeps, polled.masters, polled.objects
+    );
+    for n in &mut pool {
+        n.kill();
+    }
+    api.kill();
+    c.db.close().await;
 }
