@@ -261,6 +261,13 @@ impl OpenAi {
                                 st.pending.push_back(ev);
                             }
                         }
+                        if st.buf.len() > MAX_EVENT_LINE {
+                            // what came before it still goes out, then the error
+                            st.buf = String::new();
+                            let kib = MAX_EVENT_LINE / 1024;
+                            let e = format!("a line of over {kib} KiB with no end");
+                            st.pending.push_back(Err(Error::Protocol(e)));
+                        }
                     }
                 }
             }
@@ -268,6 +275,11 @@ impl OpenAi {
         Ok(Box::pin(stream))
     }
 }
+
+/// The longest line of the event stream kept while waiting for its end: a chat-completions
+/// event is a few hundred bytes, so a server sending more without a newline is not speaking
+/// the protocol, and its bytes are not buffered without bound.
+pub const MAX_EVENT_LINE: usize = 64 * 1024;
 
 /// Reads one SSE `data:` payload of a chat-completions stream.
 pub fn parse_chunk(data: &str) -> Vec<Result<Event, Error>> {

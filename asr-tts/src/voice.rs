@@ -247,6 +247,12 @@ impl Voice {
         .flatten()
     }
 
+    /// The longest question an LLM may write: `llm_max_tokens` at 16 bytes a token (English
+    /// averages about 4), so only a reply that ignored the bound reaches it.
+    fn max_question_bytes(&self) -> usize {
+        self.config.llm_max_tokens.max(1) as usize * 16
+    }
+
     /// Opens the writer for a round: the LLM when configured and the breaker allows (retrying
     /// once, only before the first token), else the local question writer. Returns the stream
     /// (with its first event already read) and, when degraded, why.
@@ -417,6 +423,20 @@ impl Voice {
             match ev {
                 Ok(Event::Token(t)) => {
                     first_token.get_or_insert(started.elapsed());
+                    if writer == "llm" && text.len() + t.len() > self.max_question_bytes() {
+                        // an LLM that ignores `max_tokens` (or streams garbage forever)
+                        broke = true;
+                        if let Ok(mut b) = self.breaker.lock() {
+                            b.failure(Instant::now());
+                        }
+                        let message = format!(
+                            "the LLM went on past {} bytes (llm_max_tokens = {}); the question is cut short",
+                            self.max_question_bytes(),
+                            self.config.llm_max_tokens
+                        );
+                        send(json!({"type": "error", "round": round, "message": message})).await?;
+                        break;
+                    }
                     text.push_str(&t);
                     let mut delta = json!({"type": "question_delta", "round": round, "text": t});
                     if first_delta {

@@ -33,6 +33,14 @@ const NORMAL: u32 = 0;
 const FAIL: u32 = 1;
 const STALL: u32 = 2;
 const BREAK: u32 = 3;
+/// 200 with an HTML error page instead of an event stream.
+const HTML: u32 = 4;
+/// An event stream whose events are not JSON.
+const GARBLED: u32 = 5;
+/// Words, fast and forever: a server that ignores `max_tokens`.
+const ENDLESS: u32 = 6;
+/// Bytes without a newline, forever.
+const LONG_LINE: u32 = 7;
 
 #[derive(Clone, Default)]
 struct Fake {
@@ -55,6 +63,10 @@ async fn chat(State(f): State<Fake>, body: String) -> impl IntoResponse {
     if mode == FAIL {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
     }
+    if mode == HTML {
+        let page = "<html><body><h1>502 Bad Gateway</h1></body></html>\n";
+        return ([("content-type", "text/html")], page).into_response();
+    }
     let text = if summary {
         r#"{"summary": "Spent an evening at the night market with their sister, eating dumplings.", "tags": ["dumplings", "sister", "night market"]}"#.to_string()
     } else {
@@ -68,6 +80,34 @@ async fn chat(State(f): State<Fake>, body: String) -> impl IntoResponse {
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await; // time to first token
+        if mode == GARBLED {
+            for junk in [
+                "{\"choices\": [{\"delta\": {\"content\": \"Wh",
+                "<<<\u{fffd}>>>",
+                "]]",
+            ] {
+                if tx.send(Ok(format!("data: {junk}\n\n"))).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        if mode == LONG_LINE {
+            let block = "x".repeat(16 * 1024);
+            while tx.send(Ok(block.clone())).await.is_ok() {}
+            return;
+        }
+        if mode == ENDLESS {
+            for i in 0u64.. {
+                let w = if i % 12 == 11 { "la. " } else { "la " };
+                let chunk = json!({"choices": [{"delta": {"content": w}}]});
+                if tx.send(Ok(format!("data: {chunk}\n\n"))).await.is_err() {
+                    return;
+                }
+                f2.sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         f2.sent.store(0, Ordering::SeqCst);
         let words: Vec<&str> = text.split_inclusive(' ').collect();
         for (i, w) in words.iter().enumerate() {
@@ -602,6 +642,105 @@ async fn a_failing_llm_trips_the_breaker_and_rounds_still_complete_with_the_loca
         assert_eq!(start["format"], "pcm16");
         assert!(start["sample_rate"].as_u64().unwrap() > 8000);
     }
+    env.running.stop().await.unwrap();
+}
+
+/// One session's round 1 up to its first question text: the writer, the LLM requests it
+/// made, and the error notices before it.
+async fn first_question(env: &Env, fake: &Fake) -> (String, usize, Vec<String>) {
+    let before = fake.requests.lock().unwrap().len();
+    let mut ws = open(env, "pcm16").await;
+    let r = read_until(&mut ws, |v| v["type"] == "question_delta").await;
+    let writer = r.of("question_delta")[0]["writer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let errors = r
+        .of("error")
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    let _ = ws.close(None).await;
+    (writer, fake.requests.lock().unwrap().len() - before, errors)
+}
+
+on_both!(an_llm_answering_garbage_opens_the_breaker_which_closes_once_it_recovers);
+async fn an_llm_answering_garbage_opens_the_breaker_which_closes_once_it_recovers(
+    pg: Option<PgTestDb>,
+) {
+    let (llm, fake) = fake_llm().await;
+    let cooldown = Duration::from_secs(2);
+    let env = start(&pg, Some(llm), |c| {
+        c.voice.breaker_failures = 2;
+        c.voice.breaker_cooldown_secs = cooldown.as_secs();
+    })
+    .await;
+    let local = "local question writer";
+
+    // an HTML page, then events that are not JSON: two failed rounds open the breaker
+    fake.mode.store(HTML, Ordering::SeqCst);
+    let (writer, hits, errors) = first_question(&env, &fake).await;
+    assert_eq!((writer.as_str(), hits), (local, 2), "{errors:?}");
+    assert!(errors[0].contains("ended without text"), "{errors:?}");
+    fake.mode.store(GARBLED, Ordering::SeqCst);
+    let opened = Instant::now();
+    let (writer, hits, errors) = first_question(&env, &fake).await;
+    assert_eq!((writer.as_str(), hits), (local, 2), "{errors:?}");
+    assert!(errors[0].contains("unreadable event"), "{errors:?}");
+    let (writer, hits, errors) = first_question(&env, &fake).await;
+    assert!(
+        opened.elapsed() < cooldown,
+        "the session took the whole cooldown"
+    );
+    assert_eq!(
+        (writer.as_str(), hits),
+        (local, 0),
+        "open: the LLM is not asked"
+    );
+    assert!(errors[0].contains("circuit open"), "{errors:?}");
+
+    // after the cooldown one trial round goes to the LLM; still garbage, so it opens again
+    tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
+    fake.mode.store(LONG_LINE, Ordering::SeqCst);
+    let (writer, hits, errors) = first_question(&env, &fake).await;
+    assert_eq!((writer.as_str(), hits), (local, 2), "{errors:?}");
+    assert!(errors[0].contains("with no end"), "{errors:?}");
+    let (_, hits, errors) = first_question(&env, &fake).await;
+    assert_eq!(hits, 0, "the failed trial opened it again: {errors:?}");
+
+    // an LLM that ignores max_tokens is cut off at the bound, and that is a failure too
+    tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
+    fake.mode.store(ENDLESS, Ordering::SeqCst);
+    let mut ws = open(&env, "pcm16").await;
+    let r = read_until(&mut ws, |v| {
+        v["type"] == "error" && v["message"].as_str().unwrap_or("").contains("went on past")
+    })
+    .await;
+    let cut = r.of("error").last().unwrap()["message"].as_str().unwrap();
+    assert!(cut.contains("llm_max_tokens = 120"), "{cut}");
+    assert!(
+        !r.of("sentence").is_empty(),
+        "what came before the bound is still asked"
+    );
+    drop(ws);
+    let (_, hits, _) = first_question(&env, &fake).await;
+    assert_eq!(hits, 0, "the endless reply opened the breaker again");
+
+    // recovered: the trial round succeeds and the breaker closes, so the next asks the LLM too
+    tokio::time::sleep(cooldown + Duration::from_millis(200)).await;
+    fake.mode.store(NORMAL, Ordering::SeqCst);
+    let mut ws = open(&env, "pcm16").await;
+    let r = read_until(&mut ws, |v| v["type"] == "metrics").await;
+    assert_eq!(r.of("metrics")[0]["writer"], "llm");
+    assert!(r.of("error").is_empty(), "{:?}", r.of("error"));
+    drop(ws);
+    let (writer, hits, errors) = first_question(&env, &fake).await;
+    assert_eq!(
+        (writer.as_str(), hits),
+        ("llm", 1),
+        "closed again: {errors:?}"
+    );
+    assert!(errors.is_empty(), "{errors:?}");
     env.running.stop().await.unwrap();
 }
 
