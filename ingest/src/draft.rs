@@ -40,10 +40,12 @@ fn problem_doc(
     message: &str,
     extra: serde_json::Value,
 ) -> Response {
+    // a problem document (RFC 9457) whose extension members are every route's error body
     let mut body = serde_json::json!({
         "type": kind,
         "title": title(code),
         "detail": message,
+        "error": message,
         "code": code,
     });
     if let (Some(obj), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {

@@ -14,7 +14,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{options, post};
+use axum::routing::post;
+use common::api::ErrorBody;
 use common::auth::User;
 use common::ids::{new_id, now_ms};
 use common::metrics::Metrics;
@@ -23,6 +24,8 @@ use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use sha1::Digest as _;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Config;
 use crate::record::{self, Upload};
@@ -114,20 +117,53 @@ common::shared_state!(IngestState);
 
 /// The tus routes.
 pub fn router(state: IngestState) -> Router {
-    Router::new()
-        .route("/files", post(create_any).options(preflight))
+    routes()
+        // the same creation without the slash (tus clients append ids to either)
         .route("/files/", post(create_any).options(preflight))
-        .route(
-            "/files/{id}",
-            options(preflight)
-                .head(head_any)
-                .patch(patch_any)
-                .delete(terminate_any),
-        )
         .layer(axum::middleware::map_response(decorate))
         .with_state(state)
+        .split_for_parts()
+        .0
 }
 
+fn routes() -> OpenApiRouter<IngestState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_any, preflight))
+        .routes(routes!(
+            head_any,
+            patch_any,
+            terminate_any,
+            preflight_upload
+        ))
+}
+
+/// The upload routes' part of the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// Creates an upload (tus 1.0.0 creation, creation-with-upload, creation-defer-length; or the
+/// IETF resumable-upload draft, told apart by its fields). The answer's `Location` is the
+/// upload's URL and `Moment-Id` the moment it becomes.
+#[utoipa::path(post, path = "/files", tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        ("Tus-Resumable" = Option<String>, Header, description = "`1.0.0` (tus)"),
+        ("Upload-Length" = Option<u64>, Header, description = "Total bytes (tus; or `Upload-Defer-Length: 1`)"),
+        ("Upload-Defer-Length" = Option<String>, Header, description = "`1`: the length comes later (tus)"),
+        ("Upload-Metadata" = Option<String>, Header, description = "`key base64,key base64` (tus): `filename`, `filetype`, …"),
+        ("Upload-Checksum" = Option<String>, Header, description = "`sha1|sha256|md5 base64` of the body sent with the creation"),
+        ("Upload-Complete" = Option<String>, Header, description = "`?1` or `?0` (the resumable-upload draft)"),
+        ("Content-Type" = Option<String>, Header, description = "`application/offset+octet-stream` when the creation carries bytes"),
+    ),
+    request_body(content = Option<String>, content_type = "application/offset+octet-stream", description = "The first bytes (creation-with-upload), or nothing"),
+    responses(
+        (status = 201, description = "Created",
+            headers(("Location" = String, description = "The upload's URL"), ("Upload-Offset" = u64), ("Moment-Id" = String))),
+        (status = 200, description = "Created and complete in one request (the draft; a JSON body names the moment)"),
+        (status = "4XX", description = "Refused (no or bad token, bad or missing fields, too large, too many active uploads, rate limited, checksum mismatch)", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+        (status = 503, description = "The database or the object store is unreachable", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+    ))]
 // Each route answers tus or the draft, by the request's fields.
 async fn create_any(
     state: State<IngestState>,
@@ -145,6 +181,20 @@ async fn create_any(
     create(state, user, headers, uri, version, body).await
 }
 
+/// How far an upload got: `Upload-Offset` is where to resume.
+#[utoipa::path(head, path = "/files/{id}", tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The upload's id (the last segment of `Location`)"),
+        ("Tus-Resumable" = Option<String>, Header, description = "`1.0.0` (tus)"),
+    ),
+    responses(
+        (status = 200, description = "The upload",
+            headers(("Upload-Offset" = u64), ("Upload-Length" = u64), ("Upload-Metadata" = String), ("Cache-Control" = String))),
+        (status = 204, description = "The upload (the draft)"),
+        (status = "4XX", description = "Refused (no or bad token, no such upload of yours, gone); a HEAD answer has no body"),
+        (status = 503, description = "The database is unreachable"),
+    ))]
 async fn head_any(
     state: State<IngestState>,
     user: User,
@@ -157,6 +207,25 @@ async fn head_any(
     head(state, user, id, headers).await
 }
 
+/// Appends bytes at `Upload-Offset`; each chunk is durable when the answer comes. The last
+/// byte completes the upload and queues the moment's transcode.
+#[utoipa::path(patch, path = "/files/{id}", tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The upload's id"),
+        ("Tus-Resumable" = Option<String>, Header, description = "`1.0.0` (tus)"),
+        ("Upload-Offset" = u64, Header, description = "Where these bytes go: the offset HEAD reports"),
+        ("Upload-Length" = Option<u64>, Header, description = "The total, when the creation deferred it"),
+        ("Upload-Checksum" = Option<String>, Header, description = "`sha1|sha256|md5 base64` of this body"),
+        ("Upload-Complete" = Option<String>, Header, description = "`?1` on the last piece (the draft)"),
+        ("Content-Type" = String, Header, description = "`application/offset+octet-stream` (tus), `application/partial-upload` (the draft)"),
+    ),
+    request_body(content = String, content_type = "application/offset+octet-stream", description = "The bytes"),
+    responses(
+        (status = 204, description = "Stored", headers(("Upload-Offset" = u64, description = "The new offset"))),
+        (status = "4XX", description = "Refused (no or bad token, wrong offset, wrong content type, another request is writing, checksum mismatch, too large, no such upload of yours)", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+        (status = 503, description = "The database or the object store is unreachable: resume from HEAD's offset", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+    ))]
 async fn patch_any(
     state: State<IngestState>,
     user: User,
@@ -170,6 +239,18 @@ async fn patch_any(
     patch(state, user, id, headers, body).await
 }
 
+/// Abandons an upload: its bytes are deleted and its moment with them.
+#[utoipa::path(delete, path = "/files/{id}", tag = "uploads",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The upload's id"),
+        ("Tus-Resumable" = Option<String>, Header, description = "`1.0.0` (tus)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = "4XX", description = "Refused (no or bad token, no such upload of yours, already complete)", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+        (status = 503, description = "The database or the object store is unreachable", content((ErrorBody = "application/json"), (ErrorBody = "application/problem+json"))),
+    ))]
 async fn terminate_any(
     State(s): State<IngestState>,
     User(user): User,
@@ -241,7 +322,25 @@ pub(crate) fn set(h: &mut HeaderMap, name: &'static str, value: impl AsRef<str>)
     }
 }
 
-async fn preflight(State(s): State<IngestState>) -> Response {
+/// What the server supports: tus versions, extensions, the size limit, checksum algorithms
+/// (and the draft's `Upload-Limit`). Needs no token.
+#[utoipa::path(options, path = "/files", tag = "uploads",
+    responses((status = 204, description = "The server's upload capabilities",
+        headers(("Tus-Version" = String), ("Tus-Extension" = String), ("Tus-Max-Size" = u64), ("Tus-Checksum-Algorithm" = String)))))]
+async fn preflight(s: State<IngestState>) -> Response {
+    capabilities(s).await
+}
+
+/// The same capabilities, asked of an upload's URL. Needs no token.
+#[utoipa::path(options, path = "/files/{id}", tag = "uploads",
+    params(("id" = String, Path, description = "The upload's id")),
+    responses((status = 204, description = "The server's upload capabilities",
+        headers(("Tus-Version" = String), ("Tus-Extension" = String), ("Tus-Max-Size" = u64), ("Tus-Checksum-Algorithm" = String)))))]
+async fn preflight_upload(s: State<IngestState>) -> Response {
+    capabilities(s).await
+}
+
+async fn capabilities(State(s): State<IngestState>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
     for (k, v) in tus::options_headers(&s.limits()) {

@@ -143,7 +143,7 @@ impl Services {
         http_addr: Option<SocketAddr>,
     ) -> anyhow::Result<Service> {
         let (c, sh) = (&self.config, &self.shared);
-        let mut all = common::ops::service(sh);
+        let mut all = common::ops::service(sh).merge(Service::routes(crate::openapi::router()));
         if roles.contains(&Role::Ingest) {
             all = all.merge(ingest::service(sh, &c.ingest, c.storage.s3_part_size));
         }
@@ -182,9 +182,11 @@ impl Services {
         Ok(all)
     }
 
-    /// A router with the shared layers: the header size limit, CORS and request metrics.
+    /// A router with the shared layers: error answers as JSON, the header size limit, CORS
+    /// and request metrics.
     pub fn layered(&self, router: Router) -> Router {
         router
+            .layer(axum::middleware::from_fn(common::api::json_errors))
             .layer(axum::middleware::from_fn_with_state(
                 self.config.http.max_header_bytes,
                 common::http::header_limit,

@@ -52,6 +52,9 @@ pub enum Command {
     /// The events outbox: tail deliveries, list and replay dead letters, make a webhook
     /// secret, print the events' JSON Schema.
     Events(crate::events::EventsArgs),
+    /// Print the OpenAPI 3.1 document of every JSON route (`docs/openapi.json` is this output;
+    /// every process also serves it at GET /openapi.json).
+    Openapi,
 }
 
 /// `moments serve`.
@@ -168,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     // the demo tells its own story on stderr; the service's info lines would drown it
     let default_filter = match cli.command {
-        Command::Demo(_) | Command::Events(_) => "warn",
+        Command::Demo(_) | Command::Events(_) | Command::Openapi => "warn",
         _ => "info",
     };
     init_logging(&config, cli.log_format, default_filter);
@@ -186,6 +189,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upload(args) => upload(&config, &args).await,
         Command::Demo(args) => crate::demo::run(config, args).await,
         Command::Events(args) => crate::events::run(&config, args).await,
+        Command::Openapi => {
+            std::io::stdout()
+                .write_all(crate::openapi::pretty().as_bytes())
+                .context("cannot write the document")?;
+            Ok(())
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;
+pub mod openapi;
 pub mod web;
 
 pub use config::Config;

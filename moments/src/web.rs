@@ -11,9 +11,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
+use axum::routing::get;
+use common::ApiError;
+use common::api::ErrorBody;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const INDEX: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -39,7 +42,7 @@ pub struct WebState {
 
 /// `GET /`, `GET /ui/…`, `POST /ui/dev-token`.
 pub fn router(state: WebState) -> Router {
-    Router::new()
+    routes()
         .route("/", get(index))
         .route(
             "/ui/app.js",
@@ -50,8 +53,18 @@ pub fn router(state: WebState) -> Router {
             get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }),
         )
         .route("/ui/vendor/{name}", get(vendor))
-        .route("/ui/dev-token", post(dev_token))
         .with_state(state)
+        .split_for_parts()
+        .0
+}
+
+fn routes() -> OpenApiRouter<WebState> {
+    OpenApiRouter::new().routes(routes!(dev_token))
+}
+
+/// The page's JSON route, for the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -98,37 +111,52 @@ async fn vendor(
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /ui/dev-token`'s body.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TokenRequest {
+    /// The user the token is for (letters, digits, `._@-`, at most 128 bytes).
     user: String,
 }
 
+/// A development token.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DevToken {
+    /// The bearer token.
+    token: String,
+    /// Its user.
+    user: String,
+    /// Seconds it is valid.
+    expires_in: u64,
+}
+
+/// A development token for the web page, signed with the data directory's key: only while the
+/// server verifies tokens with that key (the embedded defaults) and `web.dev_tokens` is on,
+/// else 404. Needs no token.
+#[utoipa::path(post, path = "/ui/dev-token", tag = "web",
+    request_body(content = TokenRequest),
+    responses(
+        (status = 200, description = "The token", body = DevToken),
+        (status = "4XX", description = "Development tokens are off (404), or the user id is not valid", body = ErrorBody),
+    ))]
 async fn dev_token(State(s): State<WebState>, body: Option<Json<TokenRequest>>) -> Response {
     let Some(key) = &s.dev_key else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "development tokens are off: this server verifies tokens with a configured public key (or web.dev_tokens = false)"})),
+        return ApiError::not_found(
+            "development tokens are off: this server verifies tokens with a configured public key (or web.dev_tokens = false)",
         )
-            .into_response();
+        .into_response();
     };
     let user = body.map(|Json(b)| b.user).unwrap_or_default();
     // the one user-id rule, the same that every verified token's `sub` must pass
     if let Err(e) = common::auth::check_user_id(&user) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e, "code": "bad_request"})),
-        )
-            .into_response();
+        return ApiError::bad_request(e).into_response();
     }
     match common::auth::mint(key, &user, DEV_TOKEN_TTL) {
-        Ok(token) => {
-            Json(json!({"token": token, "user": user, "expires_in": DEV_TOKEN_TTL.as_secs()}))
-                .into_response()
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Ok(token) => Json(DevToken {
+            token,
+            user,
+            expires_in: DEV_TOKEN_TTL.as_secs(),
+        })
+        .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }

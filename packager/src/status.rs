@@ -14,15 +14,18 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
 use axum::{Json, Router};
 use common::ApiError;
+use common::api::ErrorBody;
 use common::auth::{StreamUser, User};
 use common::db::Db;
 use common::moment::{self, Moment, State as MomentState};
 use common::service::Shared;
 use futures::Stream;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// How often a watcher re-reads its moment when other processes' changes reach it anyway (a
 /// last safety net; 1,000 watchers cost 3.3 reads/s).
@@ -73,42 +76,124 @@ common::shared_state!(StatusState);
 
 /// The routes.
 pub fn router(state: StatusState) -> Router {
-    Router::new()
-        .route("/v1/moments/{id}", get(get_moment))
-        .route("/v1/moments/{id}/events", get(events))
-        .with_state(state)
+    routes().with_state(state).split_for_parts().0
+}
+
+fn routes() -> OpenApiRouter<StatusState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_moment))
+        .routes(routes!(events))
+}
+
+/// The routes' part of the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The public JSON of a moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MomentView {
+    /// Its id.
+    pub id: String,
+    /// `uploading`, `queued`, `transcoding`, `ready` or `failed`.
+    #[schema(value_type = String, example = "ready")]
+    pub state: MomentState,
+    /// 0 to 1, while transcoding.
+    pub progress: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The published renditions (name, width, height, bitrate, playlist, …).
+    pub renditions: Vec<Value>,
+    /// Renditions that could not be made (the moment still plays without them).
+    pub failed_renditions: Vec<Value>,
+    /// Seconds.
+    pub duration: Option<f64>,
+    /// The HLS master playlist, once ready.
+    pub master_url: Option<String>,
+    /// The poster (JPEG): from the first decoded frame on, often while the upload arrives.
+    pub poster_url: Option<String>,
+    /// Transcoded while it arrives.
+    pub streaming: Option<bool>,
+    /// Why it waits, when it waits.
+    pub reason: Option<String>,
+    /// Seconds of video encoded so far.
+    pub encoded_s: Option<f64>,
+    /// Seconds of video received so far.
+    pub received_s: Option<f64>,
+    /// The scrubbing thumbnails (WebVTT), once ready.
+    pub thumbnails_url: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// One Server-Sent Event of `GET /v1/moments/{id}/events`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MomentEvent {
+    /// Always `moment`.
+    #[schema(example = "moment")]
+    pub event: String,
+    /// The moment, as JSON: a [`MomentView`].
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
 }
 
 /// The public JSON of a moment.
 pub fn view(m: &Moment, public_base: Option<&str>, host: &str) -> Value {
+    serde_json::to_value(moment_view(m, public_base, host)).unwrap_or(Value::Null)
+}
+
+fn moment_view(m: &Moment, public_base: Option<&str>, host: &str) -> MomentView {
     let published = &m.renditions;
     let ready = m.state == MomentState::Ready;
     let url = |key: &str| crate::origin::object_url(public_base, host, key);
-    json!({
-        "id": m.id,
-        "state": m.state,
-        "progress": (m.progress * 1000.0).round() / 1000.0,
-        "error": m.error,
-        "renditions": published.get("renditions").cloned().unwrap_or(json!([])),
-        "failed_renditions": published.get("failed").cloned().unwrap_or(json!([])),
-        "duration": published.get("duration").cloned().unwrap_or(Value::Null),
-        "master_url": if ready { Value::String(crate::origin::master_url(public_base, host, &m.id)) } else { Value::Null },
+    let list = |name: &str| {
+        published
+            .get(name)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    MomentView {
+        id: m.id.clone(),
+        state: m.state,
+        progress: (m.progress * 1000.0).round() / 1000.0,
+        error: m.error.clone(),
+        renditions: list("renditions"),
+        failed_renditions: list("failed"),
+        duration: published.get("duration").and_then(Value::as_f64),
+        master_url: ready.then(|| crate::origin::master_url(public_base, host, &m.id)),
         // the poster exists from the first decoded frame on, often while the upload arrives
-        "poster_url": match (published.get("poster_key").and_then(Value::as_str), &m.detail.poster_key) {
-            (Some(k), _) if ready => Value::String(url(k)),
-            (_, Some(k)) if m.state != MomentState::Failed => Value::String(url(k)),
-            _ => Value::Null,
+        poster_url: match (
+            published.get("poster_key").and_then(Value::as_str),
+            &m.detail.poster_key,
+        ) {
+            (Some(k), _) if ready => Some(url(k)),
+            (_, Some(k)) if m.state != MomentState::Failed => Some(url(k)),
+            _ => None,
         },
-        "streaming": m.detail.streaming,
-        "reason": m.detail.reason,
-        "encoded_s": m.detail.encoded_s,
-        "received_s": m.detail.received_s,
-        "thumbnails_url": if ready { Value::String(url(&format!("hls/{}/thumbs.vtt", m.id))) } else { Value::Null },
-        "created_at": m.created_at,
-        "updated_at": m.updated_at,
-    })
+        streaming: m.detail.streaming,
+        reason: m.detail.reason.clone(),
+        encoded_s: m.detail.encoded_s,
+        received_s: m.detail.received_s,
+        thumbnails_url: ready.then(|| url(&format!("hls/{}/thumbs.vtt", m.id))),
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+    }
 }
 
+/// A moment of the caller's: its state, progress and, once ready, its playback URLs. Another
+/// user's moment is a 404, as an unknown id is.
+#[utoipa::path(get, path = "/v1/moments/{id}", tag = "moments",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The moment's id (the upload's `Moment-Id`)")),
+    responses(
+        (status = 200, description = "The moment", body = MomentView),
+        (status = "4XX", description = "Refused (no or bad token), or no such moment of yours", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn get_moment(
     State(s): State<StatusState>,
     User(user): User,
@@ -116,14 +201,29 @@ async fn get_moment(
     headers: HeaderMap,
     uri: axum::http::Uri,
     version: axum::http::Version,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MomentView>, ApiError> {
     let m = moment::get_for_user(&s.shared.db, &id, &user)
         .await?
         .ok_or_else(|| ApiError::not_found("no such moment"))?;
     let host = common::http::player_host(&headers, &uri, version, s.http_origin.as_deref());
-    Ok(Json(view(&m, s.public_base_url.as_deref(), &host)))
+    Ok(Json(moment_view(&m, s.public_base_url.as_deref(), &host)))
 }
 
+/// The moment as Server-Sent Events (`event: moment`, the same JSON as `GET /v1/moments/{id}`)
+/// each time it changes, at least once a second while transcoding; the stream ends after
+/// `ready` or `failed`. A browser's EventSource authenticates with `?ticket=` (see
+/// `POST /v1/tickets`).
+#[utoipa::path(get, path = "/v1/moments/{id}/events", tag = "moments",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The moment's id"),
+        ("ticket" = Option<String>, Query, description = "A single-use ticket, instead of the `Authorization` header"),
+    ),
+    responses(
+        (status = 200, description = "The event stream; each event's `data` is a MomentView", content_type = "text/event-stream", body = MomentEvent),
+        (status = "4XX", description = "Refused (no or bad token or ticket), or no such moment of yours", body = ErrorBody),
+        (status = 503, description = "The database is unreachable", body = ErrorBody),
+    ))]
 async fn events(
     State(s): State<StatusState>,
     StreamUser(user): StreamUser,

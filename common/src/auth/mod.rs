@@ -396,20 +396,44 @@ pub fn tickets(shared: &crate::service::Shared) -> crate::service::Service {
 /// `POST /v1/tickets`: an authenticated client gets a single-use ticket (valid 60 s) to open an
 /// EventSource or WebSocket with `?ticket=`.
 pub fn tickets_router(state: TicketState) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/tickets", axum::routing::post(post_ticket))
-        .with_state(state)
+    tickets_routes().with_state(state).split_for_parts().0
 }
 
+fn tickets_routes() -> utoipa_axum::router::OpenApiRouter<TicketState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(post_ticket))
+}
+
+/// The ticket route's part of the OpenAPI document.
+pub fn tickets_openapi() -> utoipa::openapi::OpenApi {
+    tickets_routes().into_openapi()
+}
+
+/// A single-use ticket.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Ticket {
+    /// Put it in `?ticket=` of one EventSource or WebSocket URL.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: i64,
+}
+
+/// A single-use ticket (valid 60 s) for a browser's EventSource or WebSocket, which cannot send
+/// an `Authorization` header: open `…/events?ticket=T` or `…/ws?ticket=T` with it.
+#[utoipa::path(post, path = "/v1/tickets", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The ticket", body = Ticket),
+        (status = "4XX", description = "Refused (no or bad token, rate limited)", body = crate::api::ErrorBody),
+    ))]
 async fn post_ticket(
     axum::extract::State(s): axum::extract::State<TicketState>,
     User(user): User,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<Ticket>, ApiError> {
     let ticket = issue_ticket(&s.shared.db, &user).await?;
-    Ok(axum::Json(serde_json::json!({
-        "ticket": ticket,
-        "expires_in": TICKET_TTL_MS / 1000,
-    })))
+    Ok(axum::Json(Ticket {
+        ticket,
+        expires_in: TICKET_TTL_MS / 1000,
+    }))
 }
 
 fn ticket_hash(ticket: &str) -> String {

@@ -23,7 +23,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::{Claims, Error};
@@ -35,7 +34,7 @@ use crate::error::ApiError;
 const OVERLAP_MS: i64 = 10_000;
 
 /// What to revoke.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Revocation {
     /// One token, by its `jti`.
@@ -290,10 +289,25 @@ pub fn service(shared: &crate::service::Shared) -> crate::service::Service {
 ///   one token, `{"user": U, "before": S}` every token of U issued at or before second S
 ///   (default: now).
 pub fn router(state: RevokeState) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/auth/revoke", axum::routing::post(revoke_own))
-        .route("/v1/admin/revocations", axum::routing::post(revoke_admin))
-        .with_state(state)
+    routes().with_state(state).split_for_parts().0
+}
+
+fn routes() -> utoipa_axum::router::OpenApiRouter<RevokeState> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(revoke_own))
+        .routes(utoipa_axum::routes!(revoke_admin))
+}
+
+/// The revocation routes' part of the OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// What was revoked.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// The revocation now in force on every node.
+    pub revoked: Revocation,
 }
 
 /// A JSON body, empty meaning `{}`; bad JSON is a 400 with the parser's reason.
@@ -305,18 +319,29 @@ fn body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, Api
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Default, Deserialize)]
+/// `POST /v1/auth/revoke`'s body.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OwnBody {
+    /// Every token of the caller issued up to now ("log out everywhere"), not only this one.
     #[serde(default)]
     all: bool,
 }
 
+/// Revokes the token the request carries (an empty body or `{}`), or with `{"all": true}`
+/// every token of the caller issued up to now. Refused on every node within a second.
+#[utoipa::path(post, path = "/v1/auth/revoke", tag = "auth",
+    security(("bearer" = [])),
+    request_body(content = Option<OwnBody>, description = "Empty, `{}` or `{\"all\": true}`"),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = "4XX", description = "Refused (no or bad token, a token without `jti`, bad JSON)", body = crate::api::ErrorBody),
+    ))]
 async fn revoke_own(
     State(s): State<RevokeState>,
     headers: http::HeaderMap,
     bytes: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let claims = s.shared.auth.claims_from_headers(&headers)?;
     let own: OwnBody = body(&bytes)?;
     let r = if own.all {
@@ -339,23 +364,37 @@ async fn revoke_own(
     revoke(&s.shared.db, &r, &claims.sub).await?;
     s.shared.auth.revocations().refresh(&s.shared.db).await?;
     tracing::info!(user = %claims.sub, revocation = ?r, "token revoked by its user");
-    Ok(Json(json!({ "revoked": r })))
+    Ok(Json(Revoked { revoked: r }))
 }
 
-#[derive(Default, Deserialize)]
+/// `POST /v1/admin/revocations`'s body: `jti` (with `expires`) or `user` (with `before`).
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdminBody {
+    /// One token's id.
     jti: Option<String>,
+    /// When that token expires anyway (seconds since epoch).
     expires: Option<i64>,
+    /// A user whose tokens to revoke.
     user: Option<String>,
+    /// Their tokens issued at or before this second are refused (default: now).
     before: Option<i64>,
 }
 
+/// For the operators listed in `auth.admins`: revokes one token by its `jti`, or every token of
+/// a user issued at or before a second.
+#[utoipa::path(post, path = "/v1/admin/revocations", tag = "admin",
+    security(("bearer" = [])),
+    request_body(content = AdminBody),
+    responses(
+        (status = 201, description = "Revoked", body = Revoked),
+        (status = "4XX", description = "Refused (not an operator, bad body)", body = crate::api::ErrorBody),
+    ))]
 async fn revoke_admin(
     State(s): State<RevokeState>,
     super::User(admin): super::User,
     bytes: axum::body::Bytes,
-) -> Result<(http::StatusCode, Json<Value>), ApiError> {
+) -> Result<(http::StatusCode, Json<Revoked>), ApiError> {
     if !s.shared.auth.is_admin(&admin) {
         return Err(ApiError::new(
             http::StatusCode::FORBIDDEN,
@@ -383,7 +422,7 @@ async fn revoke_admin(
     revoke(&s.shared.db, &r, &admin).await?;
     s.shared.auth.revocations().refresh(&s.shared.db).await?;
     tracing::info!(admin = %admin, revocation = ?r, "token(s) revoked by an operator");
-    Ok((http::StatusCode::CREATED, Json(json!({ "revoked": r }))))
+    Ok((http::StatusCode::CREATED, Json(Revoked { revoked: r })))
 }
 
 #[cfg(test)]

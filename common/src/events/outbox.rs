@@ -275,7 +275,7 @@ pub async fn disabled(db: &Db, name: &str) -> Result<Option<String>, Error> {
 }
 
 /// A dead-lettered delivery.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Dead {
     /// The event.
     pub event_id: String,
@@ -344,7 +344,7 @@ pub async fn replay_all(db: &Db) -> Result<u64, Error> {
 }
 
 /// Outbox figures.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Stats {
     /// Events written but not fanned out yet.
     pub unfanned: i64,
