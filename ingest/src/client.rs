@@ -137,6 +137,17 @@ impl Chunking {
     }
 }
 
+/// How long a 429 asks the client to wait (`Retry-After` in seconds, at most a minute); zero
+/// for any other answer.
+fn retry_after(r: &Reply) -> Duration {
+    if r.status != StatusCode::TOO_MANY_REQUESTS {
+        return Duration::ZERO;
+    }
+    r.header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), |s| Duration::from_secs(s.min(60)))
+}
+
 /// A response.
 #[derive(Debug)]
 pub struct Reply {
@@ -517,6 +528,8 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
     let mut resumed = false;
     let mut offset = 0u64;
     let mut moment: Option<String>;
+    // how long the server asked us to wait (429's Retry-After), at least the backoff
+    let mut asked = Duration::ZERO;
     loop {
         if failures > opts.max_retries {
             return Err(Error::GaveUp {
@@ -578,12 +591,15 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
                         message: r.message(),
                     });
                 }
-                Ok(r) => last_error = format!("POST: {} {}", r.status, r.message()),
+                Ok(r) => {
+                    asked = retry_after(&r);
+                    last_error = format!("POST: {} {}", r.status, r.message());
+                }
                 Err(e) => last_error = e,
             }
         }
         failures += 1;
-        tokio::time::sleep(retry(failures)).await;
+        tokio::time::sleep(retry(failures).max(std::mem::take(&mut asked))).await;
     }
     let url = url.unwrap_or_default();
     let resumed_from = offset;
@@ -641,7 +657,12 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
                 failures = 0;
                 continue;
             }
-            Ok(r) if matches!(r.status.as_u16(), 409 | 423 | 460) || r.status.is_server_error() => {
+            Ok(r)
+                if matches!(r.status.as_u16(), 409 | 423 | 429 | 460)
+                    || r.status.is_server_error() =>
+            {
+                // 429: this user sends faster than the server's request limit; slow down
+                asked = retry_after(&r);
                 last_error = format!("PATCH: {} {}", r.status, r.message());
             }
             Ok(r) => {
@@ -664,7 +685,7 @@ pub async fn upload(file: &Path, opts: &Options) -> Result<Uploaded, Error> {
         if opts.progress {
             pb.println(format!("retrying ({last_error})"));
         }
-        tokio::time::sleep(retry(failures)).await;
+        tokio::time::sleep(retry(failures).max(std::mem::take(&mut asked))).await;
         // the server knows best where we stand
         if let Ok(r) = t.send(Method::HEAD, &path, &base, Bytes::new()).await
             && r.status == StatusCode::OK
@@ -782,6 +803,35 @@ fn rand_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_429_is_waited_out_for_as_long_as_it_asks_within_a_minute() {
+        let reply = |status: u16, after: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(a) = after {
+                headers.insert("retry-after", a.parse().unwrap());
+            }
+            Reply {
+                status: StatusCode::from_u16(status).unwrap(),
+                headers,
+                body: Bytes::new(),
+            }
+        };
+        assert_eq!(
+            retry_after(&reply(429, Some("17"))),
+            Duration::from_secs(17)
+        );
+        assert_eq!(
+            retry_after(&reply(429, Some("86400"))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_after(&reply(429, Some("soon"))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(retry_after(&reply(429, None)), Duration::from_secs(1));
+        assert_eq!(retry_after(&reply(503, Some("5"))), Duration::ZERO);
+    }
 
     #[test]
     fn filetypes_by_extension() {
