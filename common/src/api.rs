@@ -38,10 +38,11 @@ pub fn document(parts: impl IntoIterator<Item = OpenApi>) -> OpenApi {
         .version(env!("CARGO_PKG_VERSION"))
         .description(Some(
             "Upload short videos with tus (or the IETF resumable-upload draft), follow them to \
-             an HLS ladder, and talk about them in a voice Q&A. Every route except the health \
-             checks takes a bearer token (an RS256/EdDSA JWT whose `sub` is the user); every \
-             error answer is `{\"error\", \"code\"}`. HLS playback (`/hls/{id}/…`), the web \
-             page (`/`, `/ui/…`) and `/metrics` are not JSON and are described in the README.",
+             an HLS ladder, and talk about them in a voice Q&A. Every route but the health \
+             checks, this document, upload discovery and the page's token takes a bearer \
+             token (an EdDSA JWT whose `sub` is the user); every error answer is \
+             `{\"error\", \"code\"}`. HLS playback (`/hls/{id}/…`), the web page (`/`, \
+             `/ui/…`) and `/metrics` are not JSON and are described in the README.",
         ))
         .build();
     let mut doc = OpenApiBuilder::new().info(info).build();
