@@ -293,6 +293,78 @@ struct Figures {
     secs: f64,
 }
 
+/// Every moment is `ready`, and became so once (one `moment.ready` event).
+async fn ready_exactly_once(db: &Db, moments: impl Iterator<Item = &String>) {
+    for moment in moments {
+        let m = common::moment::get(db, moment).await.unwrap().unwrap();
+        assert_eq!(
+            m.state,
+            common::moment::State::Ready,
+            "{moment}: {:?}",
+            m.error
+        );
+        let readies: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE subject = $1 AND type = 'moment.ready'",
+        )
+        .bind(format!("moment:{moment}"))
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(readies, 1, "{moment} became ready {readies} times");
+    }
+}
+
+/// What the transcode jobs' run history (`job_runs`) shows.
+struct History {
+    /// Runs of all jobs.
+    runs: usize,
+    /// Runs whose worker died and whose job another worker took over.
+    taken_over: usize,
+}
+
+/// Checks that there are `jobs` transcode jobs, that each completed exactly once (one `done`
+/// run, the last), and that none ran on two workers at once (each run's last sign of life
+/// precedes the next start).
+async fn completed_once(db: &Db, jobs: usize) -> History {
+    let queue = Queue::new(db.clone(), Default::default());
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'transcode'")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), jobs);
+    let mut history = History {
+        runs: 0,
+        taken_over: 0,
+    };
+    for id in &ids {
+        let runs = queue.runs(id).await.unwrap();
+        assert!(!runs.is_empty(), "job {id} has no run history");
+        history.runs += runs.len();
+        let done = runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("done"))
+            .count();
+        assert_eq!(done, 1, "job {id} completed {done} times: {runs:?}");
+        assert_eq!(
+            runs.last().unwrap().outcome.as_deref(),
+            Some("done"),
+            "{runs:?}"
+        );
+        for w in runs.windows(2) {
+            assert!(
+                w[0].last_seen <= w[1].started_at
+                    && w[0].ended_at.is_none_or(|e| e <= w[1].started_at),
+                "job {id} overlapped on two workers: {runs:?}"
+            );
+        }
+        history.taken_over += runs
+            .iter()
+            .filter(|r| r.outcome.as_deref() == Some("lease_lost"))
+            .count();
+    }
+    history
+}
+
 /// The whole scenario with `workers` worker processes and `uploads` uploads. With `faults`:
 /// the cut-and-resume, the cross-node SSE watcher and the SIGKILL of a worker.
 /// A test clip: width, height, seconds, kbit/s.
@@ -415,54 +487,11 @@ async fn run(workers: usize, uploads: usize, faults: bool, clip: Clip) -> Figure
     let secs = t0.elapsed().as_secs_f64();
     assert!(!faults || killed, "no moment to kill a worker in");
 
-    // every moment ready, exactly once
-    for (moment, _) in &moments {
-        let m = common::moment::get(&c.db, moment).await.unwrap().unwrap();
-        assert_eq!(
-            m.state,
-            common::moment::State::Ready,
-            "{moment}: {:?}",
-            m.error
-        );
-        let readies: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE subject = $1 AND type = 'moment.ready'",
-        )
-        .bind(format!("moment:{moment}"))
-        .fetch_one(c.db.pool())
-        .await
-        .unwrap();
-        assert_eq!(readies, 1, "{moment} became ready {readies} times");
-    }
-    // no job ran on two workers at once: each run's last sign of life precedes the next start
-    let queue = Queue::new(c.db.clone(), Default::default());
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'transcode'")
-        .fetch_all(c.db.pool())
-        .await
-        .unwrap();
-    assert_eq!(ids.len(), moments.len());
-    let mut taken_over = 0;
-    for id in &ids {
-        let runs = queue.runs(id).await.unwrap();
-        assert!(!runs.is_empty(), "job {id} has no run history");
-        assert_eq!(
-            runs.last().unwrap().outcome.as_deref(),
-            Some("done"),
-            "{runs:?}"
-        );
-        for w in runs.windows(2) {
-            assert!(
-                w[0].last_seen <= w[1].started_at
-                    && w[0].ended_at.is_none_or(|e| e <= w[1].started_at),
-                "job {id} overlapped on two workers: {runs:?}"
-            );
-            if w[0].outcome.as_deref() == Some("lease_lost") {
-                taken_over += 1;
-            }
-        }
-    }
+    ready_exactly_once(&c.db, moments.iter().map(|(m, _)| m)).await;
+    let history = completed_once(&c.db, moments.len()).await;
     if faults {
         assert!(
-            taken_over >= 1,
+            history.taken_over >= 1,
             "the killed worker's job was not taken over"
         );
     }
@@ -954,59 +983,15 @@ async fn workers_killed_at_random_points_complete_every_job_exactly_once() {
     let took = t0.elapsed();
     stop.cancel();
     let polled = poller.await.unwrap();
-    for moment in &moments {
-        let m = common::moment::get(&c.db, moment).await.unwrap().unwrap();
-        assert_eq!(
-            m.state,
-            common::moment::State::Ready,
-            "{moment}: {:?}",
-            m.error
-        );
-        let readies: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE subject = $1 AND type = 'moment.ready'",
-        )
-        .bind(format!("moment:{moment}"))
-        .fetch_one(c.db.pool())
-        .await
-        .unwrap();
-        assert_eq!(readies, 1, "{moment} became ready {readies} times");
-    }
+    ready_exactly_once(&c.db, moments.iter()).await;
     assert_eq!(
         killed, kills,
         "the jobs finished after {killed} of {kills} kills: give them more to do"
     );
-    let queue = Queue::new(c.db.clone(), Default::default());
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE kind = 'transcode'")
-        .fetch_all(c.db.pool())
-        .await
-        .unwrap();
-    assert_eq!(ids.len(), jobs);
-    let (mut runs_total, mut taken_over) = (0, 0);
-    for id in &ids {
-        let runs = queue.runs(id).await.unwrap();
-        runs_total += runs.len();
-        let done = runs
-            .iter()
-            .filter(|r| r.outcome.as_deref() == Some("done"))
-            .count();
-        assert_eq!(done, 1, "job {id} completed {done} times: {runs:?}");
-        assert_eq!(
-            runs.last().unwrap().outcome.as_deref(),
-            Some("done"),
-            "{runs:?}"
-        );
-        for w in runs.windows(2) {
-            assert!(
-                w[0].last_seen <= w[1].started_at
-                    && w[0].ended_at.is_none_or(|e| e <= w[1].started_at),
-                "job {id} overlapped on two workers: {runs:?}"
-            );
-        }
-        taken_over += runs
-            .iter()
-            .filter(|r| r.outcome.as_deref() == Some("lease_lost"))
-            .count();
-    }
+    let History {
+        runs: runs_total,
+        taken_over,
+    } = completed_once(&c.db, jobs).await;
     assert!(
         taken_over >= 1,
         "no kill landed mid-job ({killed} kills): the test showed nothing"
