@@ -933,7 +933,8 @@ async fn workers_killed_at_random_points_complete_every_job_exactly_once() {
     let data = std::fs::read(&clip).unwrap();
     let token = c.token();
     let http = reqwest::Client::new();
-    let mut api = c.node(&["serve", "--roles", "api,ingest"], false);
+    // its QUIC listener on a free port (the default 4433 may be another test's)
+    let mut api = c.node(&["serve", "--roles", "api,ingest"], true);
     api.ready().await;
     let mut moments = Vec::new();
     for _ in 0..jobs {
