@@ -16,6 +16,7 @@ pub mod origin;
 pub mod playlist;
 pub mod publish;
 pub mod segmenter;
+pub mod signed;
 pub mod status;
 
 use serde::Deserialize;
@@ -43,6 +44,9 @@ pub fn service(
         }),
         watcher_reads: Default::default(),
         watchers: Default::default(),
+        signing: origin.signing.clone(),
+        playback_ttl_secs: config.playback_ttl_secs,
+        playback_policy: config.playback_policy,
     };
     state.register(&shared.metrics);
     let router = origin::router(origin).merge(status::router(state.clone()));
@@ -66,6 +70,33 @@ pub struct Config {
     /// A cached object is checked against the store again after this long (seconds), so one
     /// removed from storage stops being served within it.
     pub origin_cache_revalidate_secs: u64,
+    /// Signed playback (`MOMENTS_SIGNED_PLAYBACK`): playlists and segments under `/hls/{id}/`
+    /// need a token from `POST /v1/moments/{id}/playback` (posters stay public). Off in the
+    /// embedded default.
+    pub signed_playback: bool,
+    /// The key every node signs playback tokens with (`MOMENTS_PLAYBACK_SECRET`, at least 16
+    /// bytes). Unset: `$DATA/keys/playback.key`, made on first use (one node only).
+    pub playback_secret: Option<String>,
+    /// How long a playback token lasts (seconds), unless the request asks for less.
+    pub playback_ttl_secs: u64,
+    /// With signed playback, also sign the segments' URIs (`true`, the default: every object
+    /// needs the token). `false` signs only the playlists, so a CDN can cache each segment once
+    /// for every viewer; the playlists are then the gate.
+    pub signed_segments: bool,
+    /// Who may get a playback token: `owner` (the default) or `any-user` (any signed-in user,
+    /// as a feed needs; the app decides who sees the moment's id).
+    pub playback_policy: PlaybackPolicy,
+}
+
+/// Who may get a playback token for a moment.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlaybackPolicy {
+    /// Only its owner.
+    #[default]
+    Owner,
+    /// Any authenticated user.
+    AnyUser,
 }
 
 impl Default for Config {
@@ -76,6 +107,11 @@ impl Default for Config {
             thumbnail_width: 160,
             origin_cache_bytes: 256 << 20,
             origin_cache_revalidate_secs: 60,
+            signed_playback: false,
+            playback_secret: None,
+            playback_ttl_secs: 3600,
+            signed_segments: true,
+            playback_policy: PlaybackPolicy::Owner,
         }
     }
 }

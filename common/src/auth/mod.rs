@@ -109,6 +109,30 @@ pub fn dev_key_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("ed25519.pem"), dir.join("ed25519.pub.pem"))
 }
 
+/// The signed-playback key of a single-node deployment: `$DATA/keys/playback.key` (32 random
+/// bytes, hex), made on first use. Several nodes must share one key instead
+/// (`packager.playback_secret`), or each would refuse the others' tokens.
+pub fn ensure_playback_key(data_dir: &Path) -> Result<Vec<u8>, Error> {
+    let path = data_dir.join("keys").join("playback.key");
+    let key_err = |reason: String| Error::Key {
+        path: path.clone(),
+        reason,
+    };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return hex::decode(text.trim()).map_err(|e| key_err(format!("not hex: {e}")));
+    }
+    let key: [u8; 32] = rand::random();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| key_err(e.to_string()))?;
+    }
+    let created = crate::fsutil::write_private_new(&path, hex::encode(key).as_bytes(), 0o600)
+        .map_err(|e| key_err(e.to_string()))?;
+    if !created {
+        return ensure_playback_key(data_dir);
+    }
+    Ok(key.to_vec())
+}
+
 /// Creates the development key pair under `$DATA/keys` unless it exists; returns
 /// `(private_pem, public_pem)`.
 pub fn ensure_dev_key(data_dir: &Path) -> Result<(String, String), Error> {

@@ -13,6 +13,11 @@
 //! therefore refused on all of them within about half a second, whatever the database. A node
 //! that cannot reach the database keeps what it had and retries.
 //!
+//! A third kind serves signed playback (`packager::signed`): every playback token of a moment
+//! issued at or before a millisecond (`kind = 'playback'`, `subject` the moment, `before_s`
+//! holding milliseconds), kept the same way, so `POST /v1/moments/{id}/revoke` reaches every
+//! origin within the same bound.
+//!
 //! Rows are read again from a few seconds before the newest one seen, so a write whose
 //! transaction committed late is not missed; merging a row twice changes nothing.
 
@@ -83,6 +88,8 @@ struct Known {
     tokens: HashMap<String, i64>,
     /// user → tokens issued at or before this second are refused.
     users: HashMap<String, i64>,
+    /// moment → playback tokens issued at or before this millisecond are refused.
+    playback: HashMap<String, i64>,
     /// The newest `revoked_at` read (ms), where the next read starts (less the overlap).
     newest: i64,
 }
@@ -132,6 +139,17 @@ impl Revocations {
             .check(claims)
     }
 
+    /// The cut-off of `moment`'s playback tokens (ms): those issued at or before it are
+    /// refused.
+    pub fn playback_cutoff(&self, moment: &str) -> Option<i64> {
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .playback
+            .get(moment)
+            .copied()
+    }
+
     /// Reads the rows written since the last read (all of them the first time); returns how
     /// many were read.
     pub async fn refresh(&self, db: &Db) -> Result<usize, crate::db::Error> {
@@ -166,6 +184,11 @@ impl Revocations {
                     user: subject,
                     before: row.try_get("before_s")?,
                 }),
+                "playback" => {
+                    let before: i64 = row.try_get("before_s")?;
+                    let e = k.playback.entry(subject).or_insert(before);
+                    *e = (*e).max(before);
+                }
                 other => tracing::warn!(kind = other, "unknown revocation kind; ignored"),
             }
         }
@@ -252,6 +275,27 @@ pub async fn revoke(db: &Db, r: &Revocation, by: &str) -> Result<(), crate::db::
     tx.commit().await?;
     db.notify(Change::Revoked);
     Ok(())
+}
+
+/// Revokes every playback token of `moment` issued until now, and tells the other nodes;
+/// returns the cut-off (ms since the epoch).
+pub async fn revoke_playback(db: &Db, moment: &str, by: &str) -> Result<i64, crate::db::Error> {
+    let now = crate::ids::now_ms();
+    let mut tx = db.begin_write().await?;
+    sqlx::query(
+        "INSERT INTO revocations (kind, subject, before_s, expires_s, revoked_at, revoked_by) \
+         VALUES ('playback', $1, $2, NULL, $2, $3) \
+         ON CONFLICT (kind, subject) DO UPDATE SET before_s = excluded.before_s, \
+         revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by",
+    )
+    .bind(moment)
+    .bind(now)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    db.notify(Change::Revoked);
+    Ok(now)
 }
 
 /// Drops token revocations whose token has expired anyway (with a minute to spare for the

@@ -38,11 +38,46 @@ pub struct OriginState {
     pub db: Db,
     /// Immutable objects in memory.
     pub cache: Arc<Cache>,
+    /// Signed playback, when on.
+    pub signing: Option<Signing>,
+}
+
+/// Signed playback as the origin and the status routes use it.
+#[derive(Clone, Debug)]
+pub struct Signing {
+    /// The shared key.
+    pub signer: crate::signed::Signer,
+    /// Segments need the token too (else only playlists).
+    pub segments: bool,
+    /// The revocations every node keeps current (playback cut-offs among them).
+    pub revocations: Arc<common::auth::revoke::Revocations>,
+}
+
+impl Signing {
+    /// Checks a request's token for `moment` now.
+    pub fn check(
+        &self,
+        moment: &str,
+        token: Option<&str>,
+    ) -> Result<crate::signed::Grant, crate::signed::Refusal> {
+        self.signer.check(
+            moment,
+            token,
+            common::ids::now_ms() / 1000,
+            self.revocations.playback_cutoff(moment),
+        )
+    }
 }
 
 impl OriginState {
-    /// An origin over `store` with a cache of `config.origin_cache_bytes`.
-    pub fn new(store: Store, db: Db, config: &crate::Config) -> OriginState {
+    /// An origin over `store` with a cache of `config.origin_cache_bytes`; `signing` when
+    /// playback is signed.
+    pub fn new(
+        store: Store,
+        db: Db,
+        config: &crate::Config,
+        signing: Option<Signing>,
+    ) -> OriginState {
         OriginState {
             store,
             db,
@@ -50,8 +85,27 @@ impl OriginState {
                 config.origin_cache_bytes,
                 Duration::from_secs(config.origin_cache_revalidate_secs),
             )),
+            signing,
         }
     }
+}
+
+/// The `token` query parameter.
+fn token_param(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| {
+        kv.strip_prefix(crate::signed::PARAM)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
+/// Whether signed playback guards `path` (of a moment): playlists always; segments, init
+/// segments, captions and thumbnails when segments are signed; posters never (feeds show them
+/// before anyone plays).
+fn guarded(path: &str, segments: bool) -> bool {
+    if path == "poster.jpg" || path == "poster-blur.jpg" {
+        return false;
+    }
+    path.ends_with(".m3u8") || segments
 }
 
 /// `GET`/`HEAD`/`OPTIONS /hls/{id}/{*path}`.
@@ -192,6 +246,7 @@ async fn cached(s: &OriginState, key: &Key) -> Result<Option<Arc<Entry>>, Respon
 async fn serve(
     State(s): State<OriginState>,
     Path((id, path)): Path<(String, String)>,
+    uri: axum::http::Uri,
     req_headers: HeaderMap,
 ) -> Response {
     if !common::ids::is_id(&id) {
@@ -200,6 +255,26 @@ async fn serve(
     let Ok(key) = Key::new(format!("hls/{id}/{path}")) else {
         return not_found();
     };
+    let mut sign_with: Option<&str> = None;
+    if let Some(signing) = &s.signing
+        && guarded(&path, signing.segments)
+    {
+        let token = token_param(uri.query());
+        if let Err(refusal) = signing.check(&id, token) {
+            return ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "playback_refused",
+                refusal.to_string(),
+            )
+            .into_response();
+        }
+        if path.ends_with(".m3u8") {
+            sign_with = token;
+        }
+    }
+    if let (Some(token), Some(signing)) = (sign_with, &s.signing) {
+        return signed_playlist(&s, &id, &path, &key, token, signing.segments).await;
+    }
     let defaults = headers_for(&path);
     let immutable = defaults
         .cache_control
@@ -273,6 +348,38 @@ async fn serve(
         range,
         &req_headers,
     )
+}
+
+/// A playlist served with signing on: read whole, every URI it names given the request's
+/// token, and never kept by shared caches (the token is one viewer's).
+async fn signed_playlist(
+    s: &OriginState,
+    id: &str,
+    path: &str,
+    key: &Key,
+    token: &str,
+    segments: bool,
+) -> Response {
+    if path == "master.m3u8" {
+        match ready(&s.db, id).await {
+            Ok(true) => {}
+            Ok(false) => return not_found(),
+            Err(resp) => return resp,
+        }
+    }
+    let body = match s.store.get_bytes(key, 4 << 20).await {
+        Ok(b) => b,
+        Err(e) => return store_error(e),
+    };
+    let signed = crate::signed::sign_playlist(&String::from_utf8_lossy(&body), token, segments);
+    (
+        [
+            (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+            (header::CACHE_CONTROL, "private, max-age=30"),
+        ],
+        signed,
+    )
+        .into_response()
 }
 
 /// The URL players should fetch a moment's master playlist from: under the public base (a CDN
