@@ -352,6 +352,80 @@ pub fn transcode_job(moment_id: &str, priority: crate::queue::Priority) -> crate
     }
 }
 
+/// The job kind that makes a moment's captions.
+pub const CAPTIONS_KIND: &str = "captions";
+
+/// Where the transcoder leaves a moment's 16 kHz mono audio (WAV) for its captions job.
+pub fn speech_key(moment_id: &str) -> String {
+    format!("speech/{moment_id}.wav")
+}
+
+/// The captions job for a moment (one per moment).
+pub fn captions_job(moment_id: &str) -> crate::queue::NewJob {
+    crate::queue::NewJob {
+        kind: CAPTIONS_KIND.to_string(),
+        payload: serde_json::json!({ "moment": moment_id }),
+        dedup_key: Some(format!("{CAPTIONS_KIND}:{moment_id}")),
+        max_attempts: None,
+        priority: crate::queue::Priority::default(),
+    }
+}
+
+/// The job kind that renders a moment's poster from another frame of its ladder.
+pub const POSTER_KIND: &str = "poster";
+
+/// The job that makes the frame at `time` (seconds) a ready moment's poster. Each request is
+/// its own job (no dedup key): the last one done wins, as the owner expects of the last click.
+pub fn poster_job(moment_id: &str, time: f64) -> crate::queue::NewJob {
+    crate::queue::NewJob {
+        kind: POSTER_KIND.to_string(),
+        payload: serde_json::json!({ "moment": moment_id, "time": time }),
+        dedup_key: None,
+        max_attempts: None,
+        priority: crate::queue::Priority::default(),
+    }
+}
+
+/// Sets `field` of a ready moment's published record to `value` (captions, the chosen
+/// poster, …: what is added after `ready`). False when the moment is not ready (or gone).
+pub async fn set_published_field(
+    db: &Db,
+    id: &str,
+    field: &str,
+    value: serde_json::Value,
+) -> Result<bool, Error> {
+    let mut tx = db.pool().begin().await?;
+    // the write lock first (SQLite), then the read of what to change
+    sqlx::query("UPDATE moments SET updated_at = updated_at WHERE id = $1 AND state = 'ready'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    let row: Option<String> =
+        sqlx::query_scalar("SELECT renditions FROM moments WHERE id = $1 AND state = 'ready'")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(text) = row else {
+        tx.rollback().await?;
+        return Ok(false);
+    };
+    let mut record: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({}));
+    if !record.is_object() {
+        record = serde_json::json!({});
+    }
+    record[field] = value;
+    sqlx::query("UPDATE moments SET renditions = $1, updated_at = $2 WHERE id = $3")
+        .bind(record.to_string())
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    db.notify(Change::Moment(id.to_string()));
+    Ok(true)
+}
+
 /// Records transcode progress (clamped to 0..1; left alone while the moment is still
 /// uploading, where progress is the upload's) and the worker's detail.
 pub async fn set_progress(db: &Db, id: &str, progress: f64, detail: &Detail) -> Result<(), Error> {

@@ -212,6 +212,100 @@ pub fn thumbnails_vtt(cues: &[Thumbnail]) -> String {
     out
 }
 
+/// The subtitle rendition a master names: one WebVTT file for the whole moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subtitles {
+    /// `GROUP-ID` of the `EXT-X-MEDIA` tag, named by every variant's `SUBTITLES`.
+    pub group: String,
+    /// Human-readable `NAME` (`English`).
+    pub name: String,
+    /// BCP 47 `LANGUAGE` (`en`).
+    pub language: String,
+    /// Media playlist URI relative to the master.
+    pub uri: String,
+}
+
+/// The master playlist with a subtitle rendition: an `EXT-X-MEDIA:TYPE=SUBTITLES` tag after
+/// the header and `SUBTITLES="group"` on every `EXT-X-STREAM-INF` (I-frame variants carry
+/// none, as RFC 8216 says). A master that already names subtitles is returned as it is, so
+/// republishing twice changes nothing.
+pub fn with_subtitles(master: &str, subs: &Subtitles) -> String {
+    if master.contains("TYPE=SUBTITLES") {
+        return master.to_string();
+    }
+    let media = format!(
+        "#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"{}\",NAME=\"{}\",LANGUAGE=\"{}\",\
+         AUTOSELECT=YES,DEFAULT=NO,FORCED=NO,URI=\"{}\"",
+        subs.group, subs.name, subs.language, subs.uri
+    );
+    let mut out = String::with_capacity(master.len() + 256);
+    let mut placed = false;
+    for line in master.lines() {
+        if !placed && (line.starts_with("#EXT-X-STREAM-INF") || line.starts_with("#EXT-X-I-FRAME"))
+        {
+            out.push_str(&media);
+            out.push('\n');
+            placed = true;
+        }
+        out.push_str(line);
+        if line.starts_with("#EXT-X-STREAM-INF:") {
+            let _ = write!(out, ",SUBTITLES=\"{}\"", subs.group);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The media playlist of a subtitle rendition: the whole moment's WebVTT as one segment.
+pub fn subtitles_media(vtt_uri: &str, duration: f64) -> String {
+    let d = positive(duration).unwrap_or(1.0);
+    let mut out = String::with_capacity(256);
+    let _ = write!(
+        out,
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-PLAYLIST-TYPE:VOD\n#EXTINF:{d:.6},\n{vtt_uri}\n#EXT-X-ENDLIST\n",
+        d.ceil().max(1.0) as u64
+    );
+    out
+}
+
+/// One caption cue: up to two lines shown from `start` to `end` (seconds of the moment).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// Cue start (seconds).
+    pub start: f64,
+    /// Cue end (seconds).
+    pub end: f64,
+    /// The lines (at most two).
+    pub lines: Vec<String>,
+}
+
+/// A WebVTT caption file. `X-TIMESTAMP-MAP` ties cue time 0 to media time 0 (our segments
+/// start at 0), which HLS players need to place cues beside fMP4 video. Cue text is escaped
+/// (`&`, `<`, `>`) and a line never holds `-->`.
+pub fn captions_vtt(cues: &[Caption]) -> String {
+    let mut out = String::from("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n");
+    for (i, c) in cues.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{}\n{} --> {}",
+            i + 1,
+            vtt_time(c.start),
+            vtt_time(c.end)
+        );
+        for l in &c.lines {
+            let text = l
+                .replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;");
+            out.push_str(text.trim());
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,5 +431,53 @@ mod tests {
             v,
             "WEBVTT\n\n01:01:01.500 --> 01:01:03.500\nthumbs.jpg#xywh=160,90,160,90\n\n"
         );
+    }
+
+    #[test]
+    fn subtitles_join_the_master_once_and_every_variant_names_them() {
+        let m = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=1,RESOLUTION=2x2,CODECS=\"avc1.64001f\"\na/index.m3u8\n\
+            #EXT-X-STREAM-INF:BANDWIDTH=2,RESOLUTION=4x4,CODECS=\"avc1.64001f\"\nb/index.m3u8\n\
+            #EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,RESOLUTION=2x2,CODECS=\"avc1.64001f\",URI=\"a/iframes.m3u8\"\n";
+        let subs = Subtitles {
+            group: "subs".into(),
+            name: "English".into(),
+            language: "en".into(),
+            uri: "captions/en.m3u8".into(),
+        };
+        let with = with_subtitles(m, &subs);
+        assert_eq!(with.matches("TYPE=SUBTITLES").count(), 1, "{with}");
+        assert_eq!(with.matches("SUBTITLES=\"subs\"").count(), 2, "{with}");
+        assert!(!with.contains("iframes.m3u8\",SUBTITLES"), "{with}");
+        let media_at = with.find("#EXT-X-MEDIA:").unwrap();
+        assert!(media_at < with.find("#EXT-X-STREAM-INF").unwrap());
+        assert_eq!(with_subtitles(&with, &subs), with);
+        let parsed = m3u8_rs::parse_master_playlist_res(with.as_bytes()).unwrap();
+        assert_eq!(parsed.alternatives.len(), 1);
+        assert!(
+            parsed
+                .variants
+                .iter()
+                .all(|v| v.is_i_frame || v.subtitles.as_deref() == Some("subs"))
+        );
+    }
+
+    #[test]
+    fn caption_files_escape_text_and_map_timestamps() {
+        let v = captions_vtt(&[Caption {
+            start: 1.25,
+            end: 3.5,
+            lines: vec!["Fish & chips <b>".into(), " a --> b ".into()],
+        }]);
+        assert_eq!(
+            v,
+            "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n1\n00:00:01.250 --> 00:00:03.500\n\
+             Fish &amp; chips &lt;b&gt;\na --&gt; b\n\n"
+        );
+        let p = subtitles_media("en.vtt", 12.3);
+        let parsed = m3u8_rs::parse_media_playlist_res(p.as_bytes()).unwrap();
+        assert_eq!(parsed.target_duration, 13);
+        assert_eq!(parsed.segments.len(), 1);
+        assert!(parsed.end_list);
     }
 }

@@ -17,6 +17,14 @@ use crate::segmenter::Segment;
 /// `Content-Type` and `Cache-Control` for an object key, by extension.
 pub fn headers_for(key: &str) -> PutOptions {
     let immutable = "public, max-age=31536000, immutable";
+    let name = key.rsplit('/').next().unwrap_or(key);
+    if name == "poster.jpg" || name == "poster-blur.jpg" {
+        // the poster can change (a better frame found later, or the owner's choice)
+        return PutOptions {
+            content_type: Some("image/jpeg".into()),
+            cache_control: Some("public, max-age=60".into()),
+        };
+    }
     let (ct, cc) = match key.rsplit('.').next().unwrap_or("") {
         "m3u8" => ("application/vnd.apple.mpegurl", "public, max-age=30"),
         "m4s" => ("video/iso.segment", immutable),
@@ -214,10 +222,10 @@ impl Publisher {
         self.poster_key.as_deref()
     }
 
-    /// Writes the poster (JPEG, quality 85).
+    /// Writes the poster (JPEG, quality 85) and its blurred variant ([`blurred`]).
     pub async fn poster(&mut self, image: &image::RgbImage) -> Result<(), Error> {
-        let jpeg = encode_jpeg(image, 85)?;
-        self.poster_key = Some(self.put("poster.jpg", jpeg).await?);
+        let (key, _) = write_poster(&self.store, &self.moment, image).await?;
+        self.poster_key = Some(key);
         Ok(())
     }
 
@@ -331,6 +339,114 @@ impl Publisher {
     }
 }
 
+/// Where a moment's captions in `language` are published, relative to `hls/{id}/`.
+pub fn captions_paths(language: &str) -> (String, String) {
+    (
+        format!("captions/{language}.vtt"),
+        format!("captions/{language}.m3u8"),
+    )
+}
+
+/// Publishes a moment's captions after its ladder: the WebVTT file and its media playlist,
+/// then the master again with the subtitle rendition (the master only once both are in, so a
+/// player never sees a group whose playlist is missing). The master keeps its short cache
+/// lifetime, so players and caches take the new one within 30 s.
+pub async fn captions(
+    store: &Store,
+    moment: &str,
+    language: &str,
+    name: &str,
+    cues: &[playlist::Caption],
+    duration: f64,
+) -> Result<String, Error> {
+    let (vtt, media) = captions_paths(language);
+    let key = |rel: &str| {
+        let k = format!("hls/{moment}/{rel}");
+        Key::new(k.clone()).map_err(|source| Error::Store { key: k, source })
+    };
+    let put = |rel: String, bytes: Bytes| {
+        let store = store.clone();
+        let k = key(&rel);
+        async move {
+            let k = k?;
+            store
+                .put_bytes(&k, bytes, &headers_for(&rel))
+                .await
+                .map_err(|source| Error::Store {
+                    key: k.to_string(),
+                    source,
+                })
+        }
+    };
+    let vtt_name = vtt.rsplit('/').next().unwrap_or(&vtt).to_string();
+    put(vtt.clone(), Bytes::from(playlist::captions_vtt(cues))).await?;
+    put(
+        media.clone(),
+        Bytes::from(playlist::subtitles_media(&vtt_name, duration)),
+    )
+    .await?;
+    let master_key = key("master.m3u8")?;
+    let master = store
+        .get_bytes(&master_key, 1 << 20)
+        .await
+        .map_err(|source| Error::Store {
+            key: master_key.to_string(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&master);
+    let updated = playlist::with_subtitles(
+        &text,
+        &playlist::Subtitles {
+            group: "subs".into(),
+            name: name.into(),
+            language: language.into(),
+            uri: media,
+        },
+    );
+    if updated != text {
+        put("master.m3u8".into(), Bytes::from(updated)).await?;
+    }
+    Ok(format!("hls/{moment}/{vtt}"))
+}
+
+/// A blurred copy of a poster for blur-until-tap feeds: shrunk to 48 pixels wide, blurred,
+/// and grown back to 480 (smooth, and no face or text can be read from it).
+pub fn blurred(image: &image::RgbImage) -> image::RgbImage {
+    use image::imageops::{self, FilterType};
+    let (w, h) = image.dimensions();
+    let small_h = ((f64::from(h) * 48.0 / f64::from(w.max(1))).round() as u32).max(1);
+    let small = imageops::resize(image, 48, small_h, FilterType::Triangle);
+    let soft = imageops::blur(&small, 1.5);
+    let big_h = ((f64::from(h) * 480.0 / f64::from(w.max(1))).round() as u32).max(1);
+    imageops::resize(&soft, 480, big_h, FilterType::Triangle)
+}
+
+/// Writes a moment's poster and its blurred variant; returns their keys.
+pub async fn write_poster(
+    store: &Store,
+    moment: &str,
+    image: &image::RgbImage,
+) -> Result<(String, String), Error> {
+    let jpeg = encode_jpeg(image, 85)?;
+    let blur = encode_jpeg(&blurred(image), 70)?;
+    let put = |rel: &'static str, bytes: Bytes| async move {
+        let k = format!("hls/{moment}/{rel}");
+        let key = Key::new(k.clone()).map_err(|source| Error::Store { key: k, source })?;
+        store
+            .put_bytes(&key, bytes, &headers_for(rel))
+            .await
+            .map_err(|source| Error::Store {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok::<_, Error>(key.to_string())
+    };
+    // the blurred one first: whoever sees the new poster finds its blur in place
+    let blur_key = put("poster-blur.jpg", blur).await?;
+    let key = put("poster.jpg", jpeg).await?;
+    Ok((key, blur_key))
+}
+
 /// Encodes an RGB image as JPEG.
 pub fn encode_jpeg(image: &image::RgbImage, quality: u8) -> Result<Bytes, Error> {
     let mut out = Cursor::new(Vec::with_capacity(64 * 1024));
@@ -360,6 +476,19 @@ mod tests {
         assert_eq!(
             headers_for("poster.jpg").content_type.as_deref(),
             Some("image/jpeg")
+        );
+        // posters can be replaced: never immutable
+        for p in ["hls/x/poster.jpg", "hls/x/poster-blur.jpg"] {
+            assert_eq!(
+                headers_for(p).cache_control.as_deref(),
+                Some("public, max-age=60")
+            );
+        }
+        assert!(
+            headers_for("hls/x/thumbs.jpg")
+                .cache_control
+                .unwrap()
+                .contains("immutable")
         );
     }
 }
