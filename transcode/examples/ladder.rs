@@ -62,6 +62,7 @@ async fn main() {
         .await
         .unwrap();
     let handler = transcode::job::Transcoder::new(
+        queue.clone(),
         db.clone(),
         store.clone(),
         Arc::new(common::store::NoneGrowing),

@@ -77,6 +77,7 @@ const MAX_SNIFF: u64 = 16 << 20;
 
 /// The handler for `transcode` jobs.
 pub struct Transcoder {
+    queue: common::queue::Queue,
     db: Db,
     store: Store,
     growing: Arc<dyn Growing>,
@@ -107,6 +108,7 @@ impl Transcoder {
     /// A handler publishing to `store`, recording state in `db`, and reading uploads still in
     /// progress through `growing`.
     pub fn new(
+        queue: common::queue::Queue,
         db: Db,
         store: Store,
         growing: Arc<dyn Growing>,
@@ -116,6 +118,7 @@ impl Transcoder {
     ) -> Transcoder {
         media::init();
         Transcoder {
+            queue,
             db,
             store,
             growing,
@@ -138,6 +141,7 @@ impl Transcoder {
                 max_dimension: self.config.max_dimension,
             },
             allow_remux,
+            speech: self.config.captions,
         }
     }
 
@@ -318,6 +322,7 @@ impl Transcoder {
         let mut thumbs: Vec<Thumb> = Vec::new();
         let mut last_progress = Instant::now() - Duration::from_secs(10);
         let mut publish_error: Option<String> = None;
+        let mut poster_time: Option<f64> = None;
         while let Some(ev) = rx.recv().await {
             let r = match ev {
                 Event::Started { info, init } => publisher.start_rung(info, init).await,
@@ -327,8 +332,9 @@ impl Transcoder {
                     publisher.rung_failed(&rung, &reason);
                     Ok(())
                 }
-                Event::Poster(img) => match publisher.poster(&img).await {
+                Event::Poster { image, time } => match publisher.poster(&image).await {
                     Ok(()) => {
+                        poster_time = Some(time);
                         detail.poster_key = publisher.poster_key().map(str::to_string);
                         self.detail(id, 0.0, detail).await;
                         Ok(())
@@ -431,6 +437,9 @@ impl Transcoder {
         record["duration"] = serde_json::json!(summary.decoded_seconds);
         record["remuxed"] = serde_json::json!(summary.remuxed.iter().collect::<Vec<_>>());
         record["streamed"] = serde_json::json!(streamed);
+        record["poster_time"] =
+            serde_json::json!(poster_time.map(|t| (t * 1000.0).round() / 1000.0));
+        record["captions"] = self.queue_captions(id, summary.speech.as_deref()).await?;
         record["source"] = serde_json::json!({
             "format": summary.probe.format,
             "codec": summary.probe.codec,
@@ -460,6 +469,59 @@ impl Transcoder {
         );
         Ok(())
     }
+}
+
+impl Transcoder {
+    /// What the moment's record says of its captions at `ready`, after handing the speech to
+    /// a `captions` job: the 16 kHz audio is stored (`speech/{id}.wav`, removed by that job)
+    /// and the job queued before the moment is ready, so a crash between the two cannot lose
+    /// it; the job waits for `ready` and never delays it.
+    async fn queue_captions(
+        &self,
+        id: &str,
+        speech: Option<&[i16]>,
+    ) -> Result<serde_json::Value, Outcome> {
+        if !self.config.captions {
+            return Ok(serde_json::json!({ "status": "none: captions are turned off" }));
+        }
+        let Some(speech) = speech.filter(|s| !s.is_empty()) else {
+            return Ok(serde_json::json!({ "status": "none: no audio" }));
+        };
+        let key = Key::new(moment::speech_key(id))
+            .map_err(|e| Outcome::Failed(JobError::permanent(e.to_string())))?;
+        let wav = bytes::Bytes::from(wav(speech, media::audio::SPEECH_RATE));
+        self.store
+            .put_bytes(&key, wav, &common::store::PutOptions::default())
+            .await
+            .map_err(|e| Outcome::Failed(JobError::retry(format!("storing the speech: {e}"))))?;
+        self.queue
+            .enqueue(&moment::captions_job(id))
+            .await
+            .map_err(|e| Outcome::Failed(JobError::retry(format!("queueing captions: {e}"))))?;
+        Ok(serde_json::json!({ "status": "pending" }))
+    }
+}
+
+/// A 16-bit mono PCM WAV file.
+fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
+    let data = (samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + data as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
 }
 
 /// How long a job waits, without using an attempt, while the object store is unreachable.

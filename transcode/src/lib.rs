@@ -14,13 +14,15 @@ mod ffi;
 pub mod job;
 pub mod ladder;
 pub mod media;
+pub mod pick;
+pub mod poster;
 pub mod rotate;
 pub mod source;
 
 use serde::Deserialize;
 
 /// The `worker` role's share of this crate: the `transcode` job pool (`config.workers` at
-/// once). `growing` reads an upload's durable bytes while it is still arriving. Only this
+/// once) and the `poster` job (the owner's choice of frame, one at a time). `growing` reads an upload's durable bytes while it is still arriving. Only this
 /// initialises FFmpeg, so a process without the worker role never does.
 pub fn jobs(
     shared: &common::service::Shared,
@@ -29,6 +31,7 @@ pub fn jobs(
     growing: std::sync::Arc<dyn common::store::growing::Growing>,
 ) -> common::service::Service {
     let transcoder = job::Transcoder::new(
+        shared.queue.clone(),
         shared.db.clone(),
         shared.store.clone(),
         growing,
@@ -37,6 +40,14 @@ pub fn jobs(
         Some(job::TranscodeMetrics::register(&shared.metrics)),
     );
     common::service::Service::pool("transcode", vec![job::handler(transcoder)], config.workers)
+        .merge(common::service::Service::pool(
+            "poster",
+            vec![std::sync::Arc::new(pick::Picker::new(
+                shared.db.clone(),
+                shared.store.clone(),
+            ))],
+            1,
+        ))
 }
 
 /// `[transcode]` section.
@@ -66,6 +77,9 @@ pub struct Config {
     /// A streaming transcode gives its worker back when a job of a finished upload has waited
     /// this long for one (seconds).
     pub stream_yield_secs: u64,
+    /// Make captions: keep the audio as 16 kHz mono while transcoding and queue a `captions`
+    /// job once the moment is ready (`MOMENTS_CAPTIONS`). Never delays `ready`.
+    pub captions: bool,
     /// The ladder.
     pub rungs: Vec<ladder::RungSpec>,
 }
@@ -83,6 +97,7 @@ impl Default for Config {
             streaming: true,
             stream_idle_secs: 20,
             stream_yield_secs: 2,
+            captions: true,
             rungs: ladder::default_rungs(),
         }
     }

@@ -1,5 +1,7 @@
 //! The audio path: decode the source's audio once, resample to 48 kHz stereo float, encode
-//! AAC-LC once and hand every packet to all rungs.
+//! AAC-LC once and hand every packet to all rungs. When captions are wanted, the same decoded
+//! audio is also kept as 16 kHz mono (libswresample), the recogniser's input, on the video's
+//! timeline.
 
 use std::sync::mpsc::SyncSender;
 
@@ -14,6 +16,60 @@ use crate::ffi;
 
 const AUDIO_RATE: i32 = 48_000;
 const AUDIO_BITRATE: usize = 128_000;
+/// The recogniser's sample rate.
+pub const SPEECH_RATE: u32 = 16_000;
+
+/// The audio kept for captions: 16 kHz mono, aligned with the video's time 0.
+struct Speech {
+    resampler: Option<ff::software::resampling::Context>,
+    samples: Vec<i16>,
+    /// Samples still to drop (audio before the first video frame).
+    skip: usize,
+    /// The most kept (the longest accepted video).
+    max: usize,
+}
+
+impl Speech {
+    fn push(&mut self, stereo48k: &ff::frame::Audio) {
+        if self.resampler.is_none() {
+            match ff::software::resampling::Context::get(
+                SampleFormat::F32(SampleType::Planar),
+                ChannelLayout::STEREO,
+                AUDIO_RATE as u32,
+                SampleFormat::I16(SampleType::Packed),
+                ChannelLayout::MONO,
+                SPEECH_RATE,
+            ) {
+                Ok(r) => self.resampler = Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resample for captions; there will be none");
+                    self.max = 0;
+                    return;
+                }
+            }
+        }
+        let Some(r) = self.resampler.as_mut() else {
+            return;
+        };
+        let mut out = ff::frame::Audio::new(
+            SampleFormat::I16(SampleType::Packed),
+            stereo48k.samples() / 3 + 64,
+            ChannelLayout::MONO,
+        );
+        if r.run(stereo48k, &mut out).is_err() {
+            return;
+        }
+        let n = out.samples();
+        let data: &[i16] = out.plane(0);
+        let mut take = &data[..n.min(data.len())];
+        let k = self.skip.min(take.len());
+        take = &take[k..];
+        self.skip -= k;
+        let room = self.max.saturating_sub(self.samples.len());
+        self.samples
+            .extend_from_slice(&take[..take.len().min(room)]);
+    }
+}
 
 /// Decodes the source audio, resamples to 48 kHz stereo float, encodes AAC-LC once and hands
 /// every packet to all rungs.
@@ -28,13 +84,16 @@ pub(super) struct AudioPipe {
     shift: Option<i64>,
     skip: usize,
     frame_size: usize,
+    speech: Option<Speech>,
 }
 
 impl AudioPipe {
+    /// `speech_secs`: keep at most this much 16 kHz mono audio for captions (0: none).
     pub(super) fn new(
         stream: &ff::format::stream::Stream,
         vstart: i64,
         vtb: Rational,
+        speech_secs: f64,
     ) -> Result<AudioPipe, String> {
         let ctx = ff::codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| e.to_string())?;
@@ -70,12 +129,26 @@ impl AudioPipe {
         let offset_samples = (offset * f64::from(AUDIO_RATE)).round() as i64;
         let mut fifo = [Vec::new(), Vec::new()];
         let mut skip = 0usize;
+        let mut speech = (speech_secs > 0.0).then(|| Speech {
+            resampler: None,
+            samples: Vec::new(),
+            skip: 0,
+            max: (speech_secs * f64::from(SPEECH_RATE)) as usize,
+        });
+        // the 48 kHz stream is padded or trimmed before the second resampler sees it, so the
+        // 16 kHz speech is aligned the same way
         if offset_samples > 0 {
             let pad = offset_samples.min(i64::from(AUDIO_RATE) * 10) as usize;
             fifo[0].resize(pad, 0.0);
             fifo[1].resize(pad, 0.0);
+            if let Some(s) = speech.as_mut() {
+                s.samples.resize(pad / 3, 0);
+            }
         } else {
             skip = (-offset_samples) as usize;
+            if let Some(s) = speech.as_mut() {
+                s.skip = skip / 3;
+            }
         }
         Ok(AudioPipe {
             index: stream.index(),
@@ -93,6 +166,7 @@ impl AudioPipe {
             shift: None,
             skip,
             frame_size,
+            speech,
         })
     }
 
@@ -155,6 +229,9 @@ impl AudioPipe {
         let n = out.samples();
         if n == 0 {
             return;
+        }
+        if let Some(s) = self.speech.as_mut() {
+            s.push(&out);
         }
         for ch in 0..2 {
             let plane: &[f32] = out.plane(ch);
@@ -219,5 +296,13 @@ impl AudioPipe {
         self.encode_ready(rungs, true);
         let _ = self.encoder.send_eof();
         self.drain_encoder(rungs);
+    }
+
+    /// The 16 kHz mono audio kept for captions (empty when none was asked for).
+    pub(super) fn take_speech(&mut self) -> Vec<i16> {
+        self.speech
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.samples))
+            .unwrap_or_default()
     }
 }

@@ -1,6 +1,7 @@
 //! The decoded picture's path: timestamps, the keyframe schedule (a keyframe at every segment
-//! boundary), the poster (the first decoded frame, sent at once so it can be published while
-//! the upload is still arriving) and thumbnails, progress, and the hand-over to the top rung.
+//! boundary), the poster (the first good candidate frame, sent at once so it can be published
+//! while the upload is still arriving, and a clearly better one later: [`crate::poster`]) and
+//! thumbnails, progress, and the hand-over to the top rung.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,7 +25,9 @@ pub(super) struct DecodeState {
     pub(super) decoded_seconds: f64,
     pub(super) next_thumb: f64,
     pub(super) thumb_interval: f64,
-    pub(super) poster_sent: bool,
+    pub(super) poster: crate::poster::Chooser,
+    /// The best candidate not yet published: its time and picture.
+    pub(super) poster_best: Option<(f64, image::RgbImage)>,
     pub(super) stills: Stills,
     pub(super) last_progress: Instant,
     pub(super) settings: Settings,
@@ -36,6 +39,17 @@ pub(super) struct DecodeState {
 }
 
 impl DecodeState {
+    /// At the end of the video: the best candidate still unpublished, when nothing was or it
+    /// is clearly better.
+    pub(super) fn finish_poster(&mut self, sink: &EventSink) -> Result<(), Error> {
+        if self.poster.finish()
+            && let Some((time, image)) = self.poster_best.take()
+        {
+            sink.send(Event::Poster { image, time })?;
+        }
+        Ok(())
+    }
+
     pub(super) fn drain_video(
         &mut self,
         dec: &mut ff::decoder::Video,
@@ -79,13 +93,20 @@ impl DecodeState {
             }
             self.frames += 1;
 
-            // the poster: the first picture there is, so it can be shown (and the voice Q&A
-            // prepared) while the rest of the moment is still arriving
-            if !self.poster_sent
-                && let Some(rgb) = self.stills.poster(&frame)
+            // the poster: the first good candidate at once, so it can be shown (and the voice
+            // Q&A prepared) while the rest of the moment is still arriving
+            if self.poster.consider(t) == crate::poster::Decision::Score
+                && let Some((grey, width)) = self.stills.grey(&frame)
             {
-                self.poster_sent = true;
-                sink.send(Event::Poster(rgb))?;
+                let score = crate::poster::Score::of(&grey, width);
+                if self.poster.scored(t, &score) {
+                    self.poster_best = None;
+                    if let Some(image) = self.stills.poster(&frame) {
+                        sink.send(Event::Poster { image, time: t })?;
+                    }
+                } else if self.poster.is_best(t) {
+                    self.poster_best = self.stills.poster(&frame).map(|i| (t, i));
+                }
             }
             if t + half >= self.next_thumb {
                 self.next_thumb += self.thumb_interval;

@@ -12,7 +12,7 @@
 //! each downscale starts from the nearest size and the scaling work is spread over the rung
 //! threads. Channels are bounded: memory stays flat however long the video is.
 
-mod audio;
+pub mod audio;
 mod decode;
 mod encode;
 mod input;
@@ -45,6 +45,7 @@ use decode::DecodeState;
 use encode::RungWorker;
 pub use probe::{Limits, Probe, validate};
 use stills::Stills;
+pub use stills::frame_at;
 
 /// Video timescale of the output (ticks per second).
 pub const TIMESCALE: i32 = 90_000;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub limits: Limits,
     /// May the top rung take the source's H.264 as it is (see [`remux`])?
     pub allow_remux: bool,
+    /// Keep the audio as 16 kHz mono for captions ([`Summary::speech`]).
+    pub speech: bool,
 }
 
 /// What the transcoder reports as it goes.
@@ -93,8 +96,14 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// The poster frame (upright): the first decoded picture, sent as soon as it is decoded.
-    Poster(image::RgbImage),
+    /// The poster (upright): the first good candidate frame as soon as it is decoded, and
+    /// again when a clearly better one is found ([`crate::poster`]).
+    Poster {
+        /// The picture.
+        image: image::RgbImage,
+        /// Its time in the video (seconds).
+        time: f64,
+    },
     /// A thumbnail for the scrubbing track.
     Thumb(Thumb),
     /// Seconds of video decoded so far, encoded so far (by the slowest rung), the expected
@@ -148,6 +157,9 @@ pub struct Summary {
     pub rungs: Vec<Rung>,
     /// The rung remuxed from the source instead of re-encoded, if any.
     pub remuxed: Option<String>,
+    /// The audio as 16 kHz mono on the video's timeline, for captions: `None` when the
+    /// moment has no usable audio or none was asked for.
+    pub speech: Option<Vec<i16>>,
 }
 
 /// The source to transcode.
@@ -408,7 +420,16 @@ pub fn transcode(
     let arrival = Arrival::new(monitor, &index, tb, vstart);
 
     let mut audio = match astream {
-        Some(s) => match AudioPipe::new(&s, vstart, vtb) {
+        Some(s) => match AudioPipe::new(
+            &s,
+            vstart,
+            vtb,
+            if settings.speech {
+                settings.limits.max_duration + 1.0
+            } else {
+                0.0
+            },
+        ) {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(error = %e, "audio stream unusable; producing video-only rungs");
@@ -467,7 +488,8 @@ pub fn transcode(
         decoded_seconds: 0.0,
         next_thumb: 0.0,
         thumb_interval: (duration / 100.0).max(settings.segment_seconds),
-        poster_sent: false,
+        poster: crate::poster::Chooser::default(),
+        poster_best: None,
         stills: Stills::new(rotation, settings.thumbnail_width),
         last_progress: Instant::now(),
         settings: settings.clone(),
@@ -528,6 +550,7 @@ pub fn transcode(
         }
         let _ = vdec.send_eof();
         state.drain_video(&mut vdec, &top, &sink)?;
+        state.finish_poster(&sink)?;
         if let Some(a) = audio.as_mut() {
             a.finish(&all_rungs);
         }
@@ -568,5 +591,9 @@ pub fn transcode(
         frames: state.frames,
         remuxed: remux.as_ref().map(|_| rungs[0].name.clone()),
         rungs,
+        speech: audio
+            .as_mut()
+            .filter(|_| settings.speech)
+            .map(AudioPipe::take_speech),
     })
 }

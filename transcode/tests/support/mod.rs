@@ -60,6 +60,7 @@ pub async fn env_with_queue(
     };
     let queue = Queue::new(db.clone(), queue);
     let handler = transcode::job::Transcoder::new(
+        queue.clone(),
         db.clone(),
         store.clone(),
         Arc::new(common::store::NoneGrowing),
