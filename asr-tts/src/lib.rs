@@ -13,6 +13,7 @@
 pub mod api;
 pub mod asr;
 pub mod audio;
+pub mod captions;
 pub mod espeak;
 pub mod gst;
 pub mod llm;
@@ -278,13 +279,20 @@ pub fn service(
     }))
 }
 
-/// The `worker` role's share: the `qa_summary` job that turns answers into memory.
+/// The `worker` role's share: the `qa_summary` job that turns answers into memory, and the
+/// `captions` job that transcribes a ready moment (its own pool of one, so a long moment's
+/// captions never hold up summaries; Whisper is loaded on its first job).
 pub fn jobs(voice: Arc<voice::Voice>) -> common::service::Service {
     common::service::Service::pool(
         "summary",
-        vec![Arc::new(summary::Summarizer::new(voice))],
+        vec![Arc::new(summary::Summarizer::new(voice.clone()))],
         1,
     )
+    .merge(common::service::Service::pool(
+        "captions",
+        vec![Arc::new(captions::Captioner::new(voice))],
+        1,
+    ))
 }
 
 /// The engines, loaded once at start (model loading is slow). Neural engines are preferred as

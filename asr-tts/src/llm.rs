@@ -68,6 +68,8 @@ pub struct Context {
     pub tags: Vec<String>,
     /// Earlier rounds of this session: (question, answer).
     pub history: Vec<(String, String)>,
+    /// What the person says in the moment itself (its captions' transcript), when known.
+    pub said: Option<String>,
 }
 
 /// Something that writes questions as a token stream.
@@ -130,6 +132,9 @@ impl OpenAi {
         }
         if !ctx.tags.is_empty() {
             intro.push_str(&format!(" Tags: {}.", ctx.tags.join(", ")));
+        }
+        if let Some(said) = &ctx.said {
+            intro.push_str(&format!(" In the video I say: \"{said}\""));
         }
         let first: Value = match &ctx.poster_b64 {
             Some(b64) => json!([
@@ -344,8 +349,29 @@ pub fn keywords(text: &str, n: usize) -> Vec<String> {
     words
 }
 
+/// The first sentence of what someone said, short enough to quote back (at most 12 words).
+fn quote(said: &str) -> Option<String> {
+    let first = said
+        .split_inclusive(['.', '?', '!'])
+        .map(str::trim)
+        .find(|s| s.split_whitespace().count() >= 2)?;
+    let words: Vec<&str> = first.split_whitespace().collect();
+    let text = if words.len() > 12 {
+        format!("{}…", words[..12].join(" "))
+    } else {
+        let t = words.join(" ");
+        if t.ends_with(['.', '?', '!']) {
+            t
+        } else {
+            format!("{t}.")
+        }
+    };
+    Some(format!("\u{201c}{text}\u{201d}"))
+}
+
 impl Local {
-    /// The question text for `ctx`.
+    /// The question text for `ctx`: round 1 quotes what the person said in the moment when its
+    /// captions found speech.
     pub fn text(ctx: &Context) -> String {
         match ctx.history.last() {
             None => {
@@ -354,6 +380,11 @@ impl Local {
                     .first()
                     .map(|t| format!("Last time you told me about {t}. "))
                     .unwrap_or_default();
+                if let Some(quote) = ctx.said.as_deref().and_then(quote) {
+                    return format!(
+                        "{memory}In your moment you said: {quote} What was happening there, and why did you want to share it?"
+                    );
+                }
                 format!(
                     "{memory}What was happening in this moment, and why did you want to share it? Tell me what you felt when you filmed it."
                 )
@@ -496,6 +527,28 @@ mod tests {
     }
 
     #[test]
+    fn round_one_quotes_what_the_moment_says() {
+        let ctx = Context {
+            round: 1,
+            said: Some("The noodles were the best part. We queued for an hour".into()),
+            ..Default::default()
+        };
+        let q = Local::text(&ctx);
+        assert!(
+            q.contains("\u{201c}The noodles were the best part.\u{201d}"),
+            "{q}"
+        );
+        let plain = Local::text(&Context {
+            round: 1,
+            ..Default::default()
+        });
+        assert_ne!(q, plain);
+        let m = OpenAi::messages(&ctx);
+        assert!(m[1]["content"].as_str().unwrap().contains("noodles"));
+        assert_eq!(quote("Hi"), None);
+    }
+
+    #[test]
     fn local_writer_uses_memory_and_answers() {
         let ctx = Context {
             round: 1,
@@ -525,6 +578,7 @@ mod tests {
             memory: Some("likes hiking".into()),
             tags: vec!["hiking".into()],
             history: vec![("Where was this?".into(), "At the beach".into())],
+            said: None,
         };
         let m = OpenAi::messages(&ctx);
         let text = serde_json::to_string(&m).unwrap();

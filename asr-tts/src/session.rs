@@ -221,7 +221,7 @@ async fn rounds(
     // say) reach this session through the database's change channel (PostgreSQL: LISTEN/NOTIFY);
     // the next question is written from what the moment is then.
     let mut changes = voice.db.subscribe();
-    let mut facts = read_facts(voice, &session.moment_id).await;
+    let (mut facts, mut said) = read_facts(voice, &session.moment_id).await;
     let mut poster = voice.poster_b64(&session.moment_id).await;
     let mut history: Vec<(String, String)> = Vec::new();
     for round in 1..=voice.config.max_rounds {
@@ -232,7 +232,7 @@ async fn rounds(
                 voice.db.hears_other_nodes(),
             )
         {
-            facts = read_facts(voice, &session.moment_id).await;
+            (facts, said) = read_facts(voice, &session.moment_id).await;
             if poster.is_none() {
                 poster = voice.poster_b64(&session.moment_id).await;
             }
@@ -244,6 +244,7 @@ async fn rounds(
             memory: (!profile.summary.is_empty()).then(|| profile.summary.clone()),
             tags: profile.tags.clone(),
             history: history.clone(),
+            said: said.clone(),
         };
         // the question, while listening for a barge-in or a gone client
         let q_cancel = cancel.child_token();
@@ -310,15 +311,19 @@ async fn rounds(
     outcome
 }
 
-/// The moment as words for the prompt (`a short video` when it cannot be read).
-async fn read_facts(voice: &Voice, moment: &str) -> String {
-    common::moment::get(&voice.db, moment)
-        .await
-        .ok()
-        .flatten()
-        .as_ref()
-        .map(describe)
-        .unwrap_or_else(|| "a short video".to_string())
+/// The moment as words for the prompt (`a short video` when it cannot be read), and what the
+/// person says in it (its captions' transcript) when that is known.
+async fn read_facts(voice: &Voice, moment: &str) -> (String, Option<String>) {
+    match common::moment::get(&voice.db, moment).await.ok().flatten() {
+        Some(m) => (
+            describe(&m),
+            m.renditions["captions"]["transcript"]
+                .as_str()
+                .filter(|t| !t.trim().is_empty())
+                .map(str::to_string),
+        ),
+        None => ("a short video".to_string(), None),
+    }
 }
 
 /// Whether `moment` may have changed since the last call: a change to it (or a resync, or

@@ -141,6 +141,154 @@ impl Whisper {
     }
 }
 
+/// A recognised word: its times (seconds from the start of the audio) and how sure we are
+/// that it is speech (see [`Whisper::words`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    /// The word, with its punctuation.
+    pub text: String,
+    /// Start (seconds).
+    pub start: f64,
+    /// End (seconds).
+    pub end: f64,
+    /// 0 to 1: how speech-like the stretch of audio holding the word is.
+    pub probability: f64,
+}
+
+/// 20 ms at 16 kHz: the frame of [`spans`].
+const SPAN_FRAME: usize = 320;
+/// A quieter gap shorter than this stays inside a stretch of speech (seconds).
+const SPAN_GAP: f64 = 0.3;
+
+/// The stretches of `samples` (16 kHz) loud enough to hold speech, as sample ranges: 20 ms
+/// frames above -45 dBFS and within 30 dB of the loudest frame, gaps under [`SPAN_GAP`]
+/// bridged, stretches under 0.1 s dropped, none longer than a model window.
+pub fn spans(samples: &[f32]) -> Vec<std::ops::Range<usize>> {
+    let db: Vec<f64> = samples
+        .chunks(SPAN_FRAME)
+        .map(|f| {
+            let rms =
+                (f.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
+            20.0 * rms.max(1e-9).log10()
+        })
+        .collect();
+    let peak = db.iter().copied().fold(f64::MIN, f64::max);
+    let floor = (-45.0f64).max(peak - 30.0);
+    let gap = (SPAN_GAP * 50.0) as usize;
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut run: Option<(usize, usize)> = None; // frames [start, end)
+    for (i, d) in db.iter().enumerate() {
+        if *d < floor {
+            continue;
+        }
+        run = match run {
+            Some((a, e)) if i - e <= gap => Some((a, i + 1)),
+            Some((a, e)) => {
+                out.push(a * SPAN_FRAME..e * SPAN_FRAME);
+                Some((i, i + 1))
+            }
+            None => Some((i, i + 1)),
+        };
+    }
+    if let Some((a, e)) = run {
+        out.push(a * SPAN_FRAME..(e * SPAN_FRAME).min(samples.len()));
+    }
+    out.retain(|r| r.len() >= 1_600);
+    // a stretch longer than a window is cut at its quietest moment
+    let mut fitted = Vec::new();
+    for mut r in out {
+        while r.len() > WINDOW {
+            let cut = r.start + quiet_cut(&samples[r.start..r.start + WINDOW]);
+            fitted.push(r.start..cut);
+            r.start = cut;
+        }
+        fitted.push(r);
+    }
+    fitted
+}
+
+/// How speech-like a stretch is, 0 to 1: speech rises and falls with its syllables (the
+/// 20 ms loudness varies by half its mean or more), a tone or a drone barely does.
+pub fn speechlike(samples: &[f32]) -> f64 {
+    let rms: Vec<f64> = samples
+        .chunks(SPAN_FRAME)
+        .map(|f| (f.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / f.len() as f64).sqrt())
+        .collect();
+    let n = rms.len().max(1) as f64;
+    let mean = rms.iter().sum::<f64>() / n;
+    if mean <= 0.0 {
+        return 0.0;
+    }
+    let sd = (rms.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+    (sd / mean / 0.5).clamp(0.0, 1.0)
+}
+
+impl Whisper {
+    /// Transcribes 16 kHz mono samples of any length into timed words, without non-speech
+    /// tags (`[BLANK_AUDIO]`, `(music)`, `♪`). The loud stretches ([`spans`]) are decoded one
+    /// by one; a word's times are its share of its stretch by length. (Whisper's own word
+    /// timestamps are not used: with English-only models CTranslate2's timestamped decoding
+    /// returns no text here, `<|0.00|>` and the end.) A stretch's [`speechlike`] score is the
+    /// probability of its words; one under 0.2 (a tone) is not decoded at all.
+    pub fn words(&self, samples: &[f32]) -> Result<Vec<Word>, Error> {
+        let mut out = Vec::new();
+        for r in spans(samples) {
+            let speech = speechlike(&samples[r.clone()]);
+            if speech < 0.2 {
+                continue;
+            }
+            // a little context either side helps the first and last words
+            let pad = 1_600;
+            let from = r.start.saturating_sub(pad);
+            let to = (r.end + pad).min(samples.len());
+            let text = self.decode_window(&samples[from..to])?;
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let (start, end) = (r.start as f64 / 16_000.0, r.end as f64 / 16_000.0);
+            let total: usize = words.iter().map(|w| w.chars().count() + 1).sum();
+            let mut at = 0usize;
+            let mut timed = Vec::with_capacity(words.len());
+            for w in words {
+                let len = w.chars().count() + 1;
+                let share = |n: usize| start + (end - start) * n as f64 / total.max(1) as f64;
+                timed.push(Word {
+                    text: w.to_string(),
+                    start: share(at),
+                    end: share(at + len - 1),
+                    probability: speech,
+                });
+                at += len;
+            }
+            out.extend(speech_words(timed.into_iter()));
+        }
+        Ok(out)
+    }
+}
+
+/// The words that are speech: bracketed tags (which may span words, `(upbeat music)`) and
+/// music signs are dropped.
+fn speech_words(words: impl Iterator<Item = Word>) -> Vec<Word> {
+    let mut depth = 0usize;
+    let mut out = Vec::new();
+    for mut w in words {
+        let mut text = String::new();
+        for c in w.text.chars() {
+            match c {
+                '[' | '(' => depth += 1,
+                ']' | ')' => depth = depth.saturating_sub(1),
+                '♪' | '♫' => {}
+                _ if depth == 0 => text.push(c),
+                _ => {}
+            }
+        }
+        let text = text.trim();
+        if text.chars().any(char::is_alphanumeric) {
+            w.text = text.to_string();
+            out.push(w);
+        }
+    }
+    out
+}
+
 /// Whisper's text, tidied: single spaces, no bracketed non-speech tags (`[BLANK_AUDIO]`,
 /// `(music)`).
 fn clean(text: &str) -> String {
@@ -265,6 +413,50 @@ impl Asr for WhisperAsr {
 mod tests {
     use super::*;
 
+    /// `secs` of a 200 Hz tone whose loudness rises and falls `rate` times a second (0: steady).
+    fn tone(secs: f64, rate: f64) -> Vec<f32> {
+        (0..(secs * 16_000.0) as usize)
+            .map(|i| {
+                let t = i as f64 / 16_000.0;
+                let env = if rate > 0.0 {
+                    (0.5 + 0.5 * (t * rate * std::f64::consts::TAU).sin()).powi(2)
+                } else {
+                    1.0
+                };
+                (0.3 * env * (t * 200.0 * std::f64::consts::TAU).sin()) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loud_stretches_are_found_between_pauses() {
+        let mut a = vec![0.0f32; 16_000];
+        a.extend(tone(1.5, 4.0));
+        a.extend(vec![0.0; 8_000]); // a 0.5 s pause ends a stretch
+        a.extend(tone(1.0, 4.0));
+        a.extend(vec![0.0; 16_000]);
+        let s = spans(&a);
+        assert_eq!(s.len(), 2, "{s:?}");
+        let secs = |n: usize| n as f64 / 16_000.0;
+        assert!((secs(s[0].start) - 1.0).abs() < 0.15, "{s:?}");
+        assert!((secs(s[1].start) - 3.0).abs() < 0.15, "{s:?}");
+        assert!((secs(s[1].end) - 4.0).abs() < 0.15, "{s:?}");
+        assert!(spans(&vec![0.0; 32_000]).is_empty());
+        // longer than a window: cut into windows
+        let long = spans(&tone(70.0, 4.0));
+        assert!(
+            long.len() >= 3 && long.iter().all(|r| r.len() <= WINDOW),
+            "{long:?}"
+        );
+    }
+
+    #[test]
+    fn a_steady_tone_is_not_speechlike_and_a_syllable_rhythm_is() {
+        assert!(speechlike(&tone(2.0, 0.0)) < 0.2);
+        assert!(speechlike(&tone(2.0, 4.0)) > 0.5);
+        assert_eq!(speechlike(&vec![0.0; 1000]), 0.0);
+    }
+
     #[test]
     fn windows_are_cut_at_the_quietest_moment_near_their_end() {
         // loud everywhere but a 0.2 s pause 2 s before the end
@@ -284,6 +476,25 @@ mod tests {
             *v = 0.0;
         }
         assert!(quiet_cut(&w) >= WINDOW - CUT_SEARCH);
+    }
+
+    #[test]
+    fn timed_words_lose_tags_even_across_words() {
+        let w = |t: &str| Word {
+            text: t.into(),
+            start: 0.0,
+            end: 0.1,
+            probability: 0.9,
+        };
+        let kept: Vec<String> = speech_words(
+            ["(upbeat", "music)", "Hello", "♪", "world.", "[BLANK_AUDIO]"]
+                .into_iter()
+                .map(w),
+        )
+        .into_iter()
+        .map(|w| w.text)
+        .collect();
+        assert_eq!(kept, ["Hello", "world."]);
     }
 
     #[test]
