@@ -121,10 +121,26 @@ impl Services {
         } else {
             None
         };
+        let signing = if config.packager.signed_playback {
+            let key = match &config.packager.playback_secret {
+                Some(secret) => secret.as_bytes().to_vec(),
+                None => common::auth::ensure_playback_key(&config.data_dir)?,
+            };
+            let signer = packager::signed::Signer::new(&key)
+                .map_err(|e| anyhow::anyhow!("config: packager.playback_secret: {e}"))?;
+            Some(packager::origin::Signing {
+                signer,
+                segments: config.packager.signed_segments,
+                revocations: shared.auth.revocations().clone(),
+            })
+        } else {
+            None
+        };
         let origin = packager::origin::OriginState::new(
             shared.store.clone(),
             shared.db.clone(),
             &config.packager,
+            signing,
         );
         Ok(Services {
             dev_key,

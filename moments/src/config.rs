@@ -177,6 +177,24 @@ pub const ENV: &[EnvVar] = &[
         help: "transcode jobs run at once per process (default 1)",
     },
     EnvVar {
+        name: "MOMENTS_SIGNED_PLAYBACK",
+        key: "packager.signed_playback",
+        kind: Kind::Bool,
+        help: "playlists and segments need a token from POST /v1/moments/{id}/playback (default false)",
+    },
+    EnvVar {
+        name: "MOMENTS_PLAYBACK_SECRET",
+        key: "packager.playback_secret",
+        kind: Kind::Str,
+        help: "the key every node signs playback tokens with, at least 16 bytes (default: $DATA/keys/playback.key)",
+    },
+    EnvVar {
+        name: "MOMENTS_CAPTIONS",
+        key: "transcode.captions",
+        kind: Kind::Bool,
+        help: "make captions (WebVTT subtitles) from each moment's speech after it is ready (default true)",
+    },
+    EnvVar {
         name: "MOMENTS_TRANSCODE_STREAMING",
         key: "transcode.streaming",
         kind: Kind::Bool,
