@@ -118,9 +118,10 @@ async fn cached_answers_equal_the_stores_and_removed_objects_go() {
             }
         }
     }
-    // the cache really held the immutable objects
+    // the cache really held the immutable objects (segment, init segment, thumbnail sprite;
+    // the poster can change, so it is not one of them)
     let origin_stats = support::origin_cache(&cached);
-    assert!(origin_stats.entries >= 4, "{origin_stats:?}");
+    assert!(origin_stats.entries >= 3, "{origin_stats:?}");
 
     // removed from storage: gone at the next request (entries are checked at once here)
     cached

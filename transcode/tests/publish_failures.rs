@@ -176,7 +176,8 @@ async fn the_ladder_publishes_to_a_real_s3_server_with_headers() {
             "video/iso.segment",
             true,
         ),
-        (format!("hls/{id}/poster.jpg"), "image/jpeg", true),
+        // the poster can change (the owner picks another frame): cacheable, not immutable
+        (format!("hls/{id}/poster.jpg"), "image/jpeg", false),
     ] {
         let meta = store.head(&Key::new(key.clone()).unwrap()).await.unwrap();
         assert_eq!(meta.content_type.as_deref(), Some(ct), "{key}");
