@@ -10,8 +10,10 @@
 # link. "Last byte" is when the final chunk was handed to the network; "ready" is when the
 # client's event stream said so.
 #
-# Three pipelines on the same file, alternated RUNS times:
+# Four pipelines on the same file, alternated RUNS times:
 #   streaming     moments serve as shipped: the transcode reads the upload while it arrives
+#                 (captions on: the speech is kept and the captions job queued before ready)
+#   no-captions   the same with MOMENTS_CAPTIONS=false: what captions cost the time to ready
 #   after-upload  the same server with MOMENTS_TRANSCODE_STREAMING=false: starts at the last byte
 #   anchor        upload-then-CLI (what tusd + ffmpeg pipelines do): last byte → ready is the
 #                 time of deploy/bench/ffmpeg-ladder.sh, one ffmpeg command making the same
@@ -40,13 +42,13 @@ ffmpeg -v error -y -f lavfi -i "testsrc2=size=1920x1080:rate=30:duration=$secs" 
   -b:v "${kbps}k" -maxrate "${kbps}k" -bufsize "$((kbps * 2))k" -g 250 -pix_fmt yuv420p \
   -c:a aac -b:a 128k -ar 48000 -movflags +faststart "$src"
 
-# start NAME STREAMING -> sets http_<NAME>, quic_<NAME>, pid_<NAME>
+# start NAME STREAMING [CAPTIONS] -> sets http_<NAME>, quic_<NAME>, pid_<NAME>
 start() {
-  local name=$1 streaming=$2 dir="$work/$1" http quic
+  local name=$1 streaming=$2 captions=${3:-true} dir="$work/$1" http quic
   mkdir -p "$dir"
   http="127.0.0.1:$(free_port)" quic="127.0.0.1:$(free_port)"
   (cd "$dir" && exec env $(clean_env) MOMENTS_HTTP_ADDR="$http" MOMENTS_QUIC_ADDR="$quic" \
-     MOMENTS_TRANSCODE_STREAMING="$streaming" RUST_LOG=warn "$bin" serve > out.log 2> err.log) &
+     MOMENTS_TRANSCODE_STREAMING="$streaming" MOMENTS_CAPTIONS="$captions" RUST_LOG=warn "$bin" serve > out.log 2> err.log) &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 200); do grep -q "SHA-256" "$dir/out.log" 2>/dev/null && break; sleep 0.1; done
@@ -58,6 +60,7 @@ ticks=$(getconf CLK_TCK)
 
 start streaming true
 start after false
+start nocaptions true false
 
 # one_upload NAME RUN -> appends "upload_s ready_after_last_byte_s cpu_s" to $work/NAME.rows
 one_upload() {
@@ -80,6 +83,8 @@ PY
 for i in $(seq "$runs"); do
   echo "run $i/$runs: streaming" >&2
   one_upload streaming "$i"
+  echo "run $i/$runs: streaming, captions off" >&2
+  one_upload nocaptions "$i"
   echo "run $i/$runs: after-upload" >&2
   one_upload after "$i"
   echo "run $i/$runs: anchor (ffmpeg CLI ladder)" >&2
@@ -93,7 +98,7 @@ python3 - "$work" "$rate" "$secs" <<'PY'
 import statistics, sys
 w, rate, secs = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = lambda n: [list(map(float, l.split())) for l in open(f"{w}/{n}.rows") if l.strip()]
-s, a, c = rows("streaming"), rows("after"), rows("anchor")
+s, a, c, n = rows("streaming"), rows("after"), rows("anchor"), rows("nocaptions")
 med = lambda xs: statistics.median(xs)
 print(f"time to ready: {secs} s 1080p30 fast-start moment, moments upload --rate {rate} (HTTP/3), "
       f"{len(c)} alternated runs; x264 veryfast on every path")
@@ -108,6 +113,9 @@ print(f"median upload time: streaming server {med([x[0] for x in s]):.2f} s, aft
 print(f"{'last byte → ready (median)':40}{'s':>8}{'× CLI':>8}{'goal':>10}")
 print(f"{'anchor: upload, then ffmpeg CLI ladder':40}{mc:8.2f}{1:8.2f}{'':>10}")
 print(f"{'moments, streaming':40}{ms:8.3f}{ms / mc:8.3f}{'≤ 0.10':>10}  {'met' if ms / mc <= 0.10 else 'MISSED'}")
+mn = med([x[1] for x in n])
+print(f"{'moments, streaming, captions off':40}{mn:8.3f}{mn / mc:8.3f}")
+print(f"{'captions: streaming − captions off':40}{ms - mn:+8.3f}{'':>8}{'≤ +0.2 s':>10}  {'met' if ms - mn <= 0.2 else 'MISSED'}")
 print(f"{'moments, after upload':40}{ma:8.2f}{ma / mc:8.3f}{'≤ 0.85':>10}  {'met' if ma / mc <= 0.85 else 'MISSED'}")
 print(f"{'CPU s per moment (median)':40}{'s':>8}{'× after':>8}")
 print(f"{'anchor: ffmpeg CLI ladder':40}{cc:8.2f}")
