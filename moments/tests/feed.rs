@@ -1,7 +1,7 @@
 //! The assets a feed needs, end to end on the in-process stack: captions made from a moment's
 //! own speech (WebVTT beside the ladder, a `SUBTITLES` group in the master, the transcript in
 //! the moment's JSON), an honest `none: …` when there is no speech, a poster that skips a black
-//! lead-in and that the owner can move, and signed playback (unsigned, tampered, expired and
+//! lead-in and that the owner can move, an animated preview of the most active stretch, and signed playback (unsigned, tampered, expired and
 //! revoked tokens refused, on a second node too). Every part runs on SQLite and PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: fail loudly
@@ -574,6 +574,133 @@ async fn the_poster_skips_a_black_start_and_the_owner_can_move_it() {
         assert!(
             diff < 20.0,
             "{db}: the new poster is not the frame at 4.5 s (mean diff {diff})"
+        );
+        s.stop().await;
+    }
+}
+
+/// Mean absolute luma difference of two pictures (the second resized to the first).
+fn luma_diff(a: &image::GrayImage, b: &image::DynamicImage) -> f64 {
+    let b = b
+        .resize_exact(a.width(), a.height(), image::imageops::FilterType::Triangle)
+        .to_luma8();
+    a.pixels()
+        .zip(b.pixels())
+        .map(|(x, y)| (f64::from(x.0[0]) - f64::from(y.0[0])).abs())
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+/// One frame of `video` at `at` seconds, as a grey picture.
+fn frame_of(video: &Path, at: f64, png: &Path) -> image::GrayImage {
+    support::make(
+        png,
+        &[
+            "-ss",
+            &at.to_string(),
+            "-i",
+            video.to_str().unwrap(),
+            "-frames:v",
+            "1",
+        ],
+    );
+    image::open(png).unwrap().to_luma8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_is_a_small_muted_faststart_mp4_of_the_most_active_stretch() {
+    for (pg, db) in databases().await {
+        let dir = tempfile::tempdir().unwrap();
+        let s = stack(dir.path(), &pg, |c| c.transcode.captions = false).await;
+        // 5 s of still colour bars, then 3 s of moving test picture; with a tone
+        let clip = support::make(
+            &dir.path().join("still-then-moving.mp4"),
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "smptebars=size=640x480:rate=30:duration=5",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=640x480:rate=30:duration=3",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=8",
+                "-filter_complex",
+                "[0:v][1:v]concat=n=2:v=1:a=0[v]",
+                "-map",
+                "[v]",
+                "-map",
+                "2:a",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-movflags",
+                "+faststart",
+            ],
+        );
+        let id = s.whole(&std::fs::read(&clip).unwrap()).await;
+        let m = s.settle(&id, Duration::from_secs(120)).await;
+        assert_eq!(m["state"], "ready", "{db}: {m}");
+        let m = wait_for(&s, &id, Duration::from_secs(60), "the preview", |m| {
+            m["preview_url"].is_string()
+        })
+        .await;
+        let (status, headers, mp4) = fetch(m["preview_url"].as_str().unwrap()).await;
+        assert_eq!(status, 200, "{db}");
+        assert_eq!(headers["content-type"], "video/mp4", "{db}");
+        let at = |tag: &[u8]| mp4.windows(4).position(|w| w == tag);
+        let (moov, mdat) = (at(b"moov"), at(b"mdat"));
+        assert!(
+            moov.is_some() && mdat.is_some() && moov < mdat,
+            "{db}: not faststart (moov at {moov:?}, mdat at {mdat:?})"
+        );
+        let file = dir.path().join("preview.mp4");
+        std::fs::write(&file, &mp4).unwrap();
+        let probe =
+            common::testing::ffprobe(file.to_str().unwrap(), &["-show_streams", "-show_format"]);
+        let streams = probe["streams"].as_array().unwrap();
+        assert_eq!(
+            streams.len(),
+            1,
+            "{db}: muted means no audio stream: {probe}"
+        );
+        assert_eq!(streams[0]["codec_name"], "h264", "{db}");
+        assert_eq!(streams[0]["profile"], "Main", "{db}");
+        let (w, h) = (
+            streams[0]["width"].as_u64().unwrap(),
+            streams[0]["height"].as_u64().unwrap(),
+        );
+        assert!((240..=360).contains(&h.min(w)), "{db}: {w}x{h}");
+        assert_eq!(w * 3, h * 4, "{db}: the aspect ratio changed: {w}x{h}");
+        let length: f64 = probe["format"]["duration"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((2.5..=3.5).contains(&length), "{db}: {length} s long");
+        assert!(
+            mp4.len() < 400 << 10,
+            "{db}: the preview is {} KiB, not small",
+            mp4.len() >> 10
+        );
+        // the stretch with the motion, not the still start: the preview's middle frame is the
+        // moving picture
+        let middle =
+            image::DynamicImage::ImageLuma8(frame_of(&file, 1.5, &dir.path().join("mid.png")));
+        let bars = frame_of(&clip, 2.0, &dir.path().join("bars.png"));
+        let moving = frame_of(&clip, 6.0, &dir.path().join("moving.png"));
+        let (to_bars, to_moving) = (luma_diff(&bars, &middle), luma_diff(&moving, &middle));
+        assert!(
+            to_moving < to_bars,
+            "{db}: the preview's middle is the still start (diff {to_bars} to it, {to_moving} to the motion)"
         );
         s.stop().await;
     }

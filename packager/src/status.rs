@@ -125,6 +125,9 @@ pub struct MomentView {
     pub poster_blur_url: Option<String>,
     /// The poster's time in the video (seconds): the chosen frame, or the owner's choice.
     pub poster_time: Option<f64>,
+    /// The animated preview for feed grids (H.264 MP4, about 3 s of the most active stretch,
+    /// muted, 360p at most, faststart): made shortly after `ready`, unset until then.
+    pub preview_url: Option<String>,
     /// Transcoded while it arrives.
     pub streaming: Option<bool>,
     /// Why it waits, when it waits.
@@ -272,6 +275,10 @@ fn moment_view_signed(
             .get("poster_time")
             .and_then(Value::as_f64)
             .filter(|_| ready),
+        preview_url: published["preview"]["key"]
+            .as_str()
+            .filter(|_| ready)
+            .map(|k| guarded(url(k))),
         streaming: m.detail.streaming,
         reason: m.detail.reason.clone(),
         encoded_s: m.detail.encoded_s,

@@ -440,6 +440,11 @@ impl Transcoder {
         record["poster_time"] =
             serde_json::json!(poster_time.map(|t| (t * 1000.0).round() / 1000.0));
         record["captions"] = self.queue_captions(id, summary.speech.as_deref()).await?;
+        // queued before `ready`, like the captions, so a crash between the two cannot lose it
+        self.queue
+            .enqueue(&crate::preview::job(id, summary.preview_start))
+            .await
+            .map_err(|e| Outcome::Failed(JobError::retry(format!("queueing the preview: {e}"))))?;
         record["source"] = serde_json::json!({
             "format": summary.probe.format,
             "codec": summary.probe.codec,

@@ -16,13 +16,15 @@ pub mod ladder;
 pub mod media;
 pub mod pick;
 pub mod poster;
+pub mod preview;
 pub mod rotate;
 pub mod source;
 
 use serde::Deserialize;
 
 /// The `worker` role's share of this crate: the `transcode` job pool (`config.workers` at
-/// once) and the `poster` job (the owner's choice of frame, one at a time). `growing` reads an upload's durable bytes while it is still arriving. Only this
+/// once) the `poster` job (the owner's choice of frame, one at a time) and the `preview` job (the
+/// animated preview, one at a time). `growing` reads an upload's durable bytes while it is still arriving. Only this
 /// initialises FFmpeg, so a process without the worker role never does.
 pub fn jobs(
     shared: &common::service::Shared,
@@ -43,6 +45,14 @@ pub fn jobs(
         .merge(common::service::Service::pool(
             "poster",
             vec![std::sync::Arc::new(pick::Picker::new(
+                shared.db.clone(),
+                shared.store.clone(),
+            ))],
+            1,
+        ))
+        .merge(common::service::Service::pool(
+            "preview",
+            vec![std::sync::Arc::new(preview::Previewer::new(
                 shared.db.clone(),
                 shared.store.clone(),
             ))],

@@ -13,24 +13,39 @@ use common::moment::{self, State};
 use common::queue::{Context, Handler, Job, JobError};
 use common::store::{Key, Store};
 
-/// The segment of a media playlist holding `time`: its URI and start. Past the end: the last.
-pub fn segment_at(playlist: &str, time: f64) -> Option<(String, f64)> {
+/// The media segments of a playlist in order: URI, start and duration (seconds).
+pub fn segments(playlist: &str) -> Vec<(String, f64, f64)> {
+    let mut out = Vec::new();
     let mut start = 0.0;
     let mut duration: Option<f64> = None;
-    let mut last = None;
     for line in playlist.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("#EXTINF:") {
             duration = rest.split(',').next().and_then(|d| d.trim().parse().ok());
         } else if !line.is_empty() && !line.starts_with('#') {
             let d = duration.take().unwrap_or(0.0);
-            if time < start + d {
-                return Some((line.to_string(), start));
-            }
-            last = Some((line.to_string(), start));
+            out.push((line.to_string(), start, d));
             start += d;
         }
     }
-    last
+    out
+}
+
+/// The segment of a media playlist holding `time`: its URI and start. Past the end: the last.
+pub fn segment_at(playlist: &str, time: f64) -> Option<(String, f64)> {
+    let all = segments(playlist);
+    all.iter()
+        .find(|(_, start, d)| time < start + d)
+        .or(all.last())
+        .map(|(uri, start, _)| (uri.clone(), *start))
+}
+
+/// A published object, for a job that needs it: gone is permanent, any other failure retried.
+pub async fn read(store: &Store, key: &str, max: u64) -> Result<bytes::Bytes, JobError> {
+    let k = Key::new(key.to_string()).map_err(|e| JobError::permanent(e.to_string()))?;
+    store.get_bytes(&k, max).await.map_err(|e| match e {
+        common::store::Error::NotFound(_) => JobError::permanent(format!("{key} is not published")),
+        e => JobError::retry(format!("reading {key}: {e}")),
+    })
 }
 
 /// The handler.
@@ -44,16 +59,6 @@ impl Picker {
     pub fn new(db: Db, store: Store) -> Picker {
         crate::media::init();
         Picker { db, store }
-    }
-
-    async fn read(&self, key: &str, max: u64) -> Result<bytes::Bytes, JobError> {
-        let k = Key::new(key.to_string()).map_err(|e| JobError::permanent(e.to_string()))?;
-        self.store.get_bytes(&k, max).await.map_err(|e| match e {
-            common::store::Error::NotFound(_) => {
-                JobError::permanent(format!("{key} is not published"))
-            }
-            e => JobError::retry(format!("reading {key}: {e}")),
-        })
     }
 }
 
@@ -89,15 +94,11 @@ impl Handler for Picker {
             .ok_or_else(|| JobError::permanent("the moment lists no rendition"))?
             .to_string();
         let dir = playlist.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-        let media = self.read(&format!("hls/{id}/{playlist}"), 4 << 20).await?;
+        let media = read(&self.store, &format!("hls/{id}/{playlist}"), 4 << 20).await?;
         let (segment, _) = segment_at(&String::from_utf8_lossy(&media), time)
             .ok_or_else(|| JobError::permanent("the rendition has no segments"))?;
-        let init = self
-            .read(&format!("hls/{id}/{dir}/init.mp4"), 4 << 20)
-            .await?;
-        let seg = self
-            .read(&format!("hls/{id}/{dir}/{segment}"), 256 << 20)
-            .await?;
+        let init = read(&self.store, &format!("hls/{id}/{dir}/init.mp4"), 4 << 20).await?;
+        let seg = read(&self.store, &format!("hls/{id}/{dir}/{segment}"), 256 << 20).await?;
         let image = tokio::task::spawn_blocking(move || {
             let mut file = tempfile::Builder::new().suffix(".mp4").tempfile()?;
             std::io::Write::write_all(&mut file, &init)?;

@@ -28,6 +28,8 @@ pub(super) struct DecodeState {
     pub(super) poster: crate::poster::Chooser,
     /// The best candidate not yet published: its time and picture.
     pub(super) poster_best: Option<(f64, image::RgbImage)>,
+    /// Change in the picture, for the animated preview's stretch.
+    pub(super) activity: crate::preview::Activity,
     pub(super) stills: Stills,
     pub(super) last_progress: Instant,
     pub(super) settings: Settings,
@@ -107,6 +109,11 @@ impl DecodeState {
                 } else if self.poster.is_best(t) {
                     self.poster_best = self.stills.poster(&frame).map(|i| (t, i));
                 }
+            }
+            if self.activity.due(t)
+                && let Some((grey, _)) = self.stills.grey(&frame)
+            {
+                self.activity.add(t, grey);
             }
             if t + half >= self.next_thumb {
                 self.next_thumb += self.thumb_interval;

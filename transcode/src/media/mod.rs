@@ -13,6 +13,7 @@
 //! threads. Channels are bounded: memory stays flat however long the video is.
 
 pub mod audio;
+pub mod clip;
 mod decode;
 mod encode;
 mod input;
@@ -160,6 +161,8 @@ pub struct Summary {
     /// The audio as 16 kHz mono on the video's timeline, for captions: `None` when the
     /// moment has no usable audio or none was asked for.
     pub speech: Option<Vec<i16>>,
+    /// Where the animated preview starts: the most active stretch ([`crate::preview`]).
+    pub preview_start: f64,
 }
 
 /// The source to transcode.
@@ -490,6 +493,7 @@ pub fn transcode(
         thumb_interval: (duration / 100.0).max(settings.segment_seconds),
         poster: crate::poster::Chooser::default(),
         poster_best: None,
+        activity: crate::preview::Activity::default(),
         stills: Stills::new(rotation, settings.thumbnail_width),
         last_progress: Instant::now(),
         settings: settings.clone(),
@@ -595,5 +599,9 @@ pub fn transcode(
             .as_mut()
             .filter(|_| settings.speech)
             .map(AudioPipe::take_speech),
+        preview_start: crate::preview::most_active(
+            &state.activity.samples,
+            state.decoded_seconds + state.frame_step,
+        ),
     })
 }
