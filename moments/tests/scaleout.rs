@@ -982,6 +982,21 @@ async fn workers_killed_at_random_points_complete_every_job_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = t0.elapsed();
+    // `ready` is written just before the job's run is marked done: a worker may still be
+    // between the two (or killed there, and its job taken over once the lease runs out)
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE kind = 'transcode' AND state NOT IN ('done', 'failed')",
+        )
+        .fetch_one(c.db.pool())
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{open} transcode jobs never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.cancel();
     let polled = poller.await.unwrap();
     ready_exactly_once(&c.db, moments.iter()).await;
