@@ -994,7 +994,10 @@ async fn workers_killed_at_random_points_complete_every_job_exactly_once() {
         if open == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{open} transcode jobs never finished");
+        assert!(
+            Instant::now() < deadline,
+            "{open} transcode jobs never finished"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.cancel();
